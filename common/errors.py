@@ -1,0 +1,71 @@
+"""The fedloom error hierarchy: every message says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "DatasetError",
+    "FedloomError",
+    "NodeHomeError",
+    "NoMatchingNodesError",
+    "PayloadError",
+    "PlanError",
+    "PlanNotApprovedError",
+    "ProtocolVersionError",
+    "RoundFailedError",
+    "SecaggError",
+    "TaskFailedError",
+]
+
+
+class FedloomError(Exception):
+    """Base class of every error fedloom raises on purpose."""
+
+
+class ConfigurationError(FedloomError):
+    """An experiment, optimizer or node setting is invalid or inconsistent."""
+
+
+class ProtocolVersionError(FedloomError):
+    """A peer speaks another version of the wire protocol."""
+
+
+class PayloadError(FedloomError):
+    """A payload (parameters, aux vars, masked vectors) is malformed, truncated or too large."""
+
+
+class DatasetError(FedloomError):
+    """A dataset cannot be registered, found or loaded."""
+
+
+class NodeHomeError(FedloomError):
+    """A node home directory is missing, incomplete or already initialised."""
+
+
+class PlanError(FedloomError):
+    """A training plan is invalid or failed while running."""
+
+
+class PlanNotApprovedError(PlanError):
+    """A node refused to run a training plan its operator has not approved."""
+
+
+class AuthenticationError(FedloomError):
+    """A peer could not prove its identity, or claimed another's."""
+
+
+class NoMatchingNodesError(FedloomError):
+    """No connected node holds a dataset with the requested tags."""
+
+
+class TaskFailedError(FedloomError):
+    """A node answered a task with an error."""
+
+
+class RoundFailedError(FedloomError):
+    """Too few nodes answered a round for it to be aggregated."""
+
+
+class SecaggError(FedloomError):
+    """Secure aggregation cannot proceed: key, range, overflow or payload problem."""
