@@ -1,0 +1,1 @@
+"""The `fedloom` command: node, researcher, certs and demo sub-commands."""

@@ -1,0 +1,292 @@
+"""Tensor payloads: named numpy arrays as one manifest plus one raw little-endian buffer.
+
+A payload is encoded once into a contiguous buffer (in memory or in a file), streamed as
+bounded `PayloadChunk`s, and reassembled by `PayloadAssembler` into a buffer preallocated
+from the manifest. Decoding yields numpy views over that buffer: no pickle, no copies.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.constants import ARRAY_ALIGNMENT, CHUNK_SIZE, DEFAULT_MAX_PAYLOAD_BYTES, PROTOCOL_VERSION
+from common.errors import PayloadError
+from common.proto import fedloom_pb2 as pb
+
+__all__ = [
+    "EncodedPayload",
+    "PayloadAssembler",
+    "decode_arrays",
+    "encode_arrays",
+    "iter_chunks",
+    "max_payload_bytes",
+    "read_payload_file",
+    "write_payload_file",
+]
+
+#: dtypes allowed on the wire: plain numbers only (object or void dtypes could smuggle code paths).
+_ALLOWED_KINDS = frozenset("biuf")
+_FILE_MAGIC = b"FLPAYLD1"
+_FILE_HEADER = struct.Struct("<8sQ")
+
+
+def max_payload_bytes() -> int:
+    """Largest payload accepted, from FEDLOOM_MAX_PAYLOAD_BYTES or the default."""
+    raw = os.environ.get("FEDLOOM_MAX_PAYLOAD_BYTES")
+    return int(raw) if raw else DEFAULT_MAX_PAYLOAD_BYTES
+
+
+def _wire_dtype(array: np.ndarray) -> np.dtype:
+    dtype = array.dtype
+    if dtype.kind not in _ALLOWED_KINDS:
+        raise PayloadError(f"cannot send an array of dtype {dtype}: only numeric arrays travel")
+    return dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+
+
+def _align(offset: int) -> int:
+    return (offset + ARRAY_ALIGNMENT - 1) // ARRAY_ALIGNMENT * ARRAY_ALIGNMENT
+
+
+def build_manifest(arrays: Mapping[str, np.ndarray]) -> pb.PayloadManifest:
+    """Lay out arrays in one buffer, each aligned, and describe them."""
+    manifest = pb.PayloadManifest()
+    offset = 0
+    for name, array in arrays.items():
+        dtype = _wire_dtype(np.asarray(array))
+        offset = _align(offset)
+        nbytes = int(array.size) * dtype.itemsize
+        manifest.arrays.add(
+            name=name, dtype=dtype.str, shape=list(array.shape), offset=offset, nbytes=nbytes
+        )
+        offset += nbytes
+    manifest.total_bytes = offset
+    return manifest
+
+
+def _fill(buffer: Any, manifest: pb.PayloadManifest, arrays: Mapping[str, np.ndarray]) -> None:
+    for spec in manifest.arrays:
+        src = np.asarray(arrays[spec.name])
+        dst = np.frombuffer(buffer, dtype=np.dtype(spec.dtype), count=src.size, offset=spec.offset)
+        np.copyto(dst.reshape(src.shape), src, casting="no" if src.dtype.isnative else "equiv")
+
+
+@dataclass(frozen=True)
+class EncodedPayload:
+    """A manifest and the buffer it describes (bytearray, mmap or memoryview)."""
+
+    manifest: pb.PayloadManifest
+    buffer: Any
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.manifest.total_bytes)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Numpy views over the buffer (no copy)."""
+        return decode_arrays(self.manifest, self.buffer)
+
+
+def encode_arrays(arrays: Mapping[str, np.ndarray]) -> EncodedPayload:
+    """Copy arrays once into a fresh contiguous buffer."""
+    manifest = build_manifest(arrays)
+    buffer = bytearray(manifest.total_bytes)
+    _fill(buffer, manifest, arrays)
+    return EncodedPayload(manifest, buffer)
+
+
+def decode_arrays(manifest: pb.PayloadManifest, buffer: Any) -> dict[str, np.ndarray]:
+    """Return numpy views over `buffer`, checking every spec against it first."""
+    size = len(memoryview(buffer).cast("B")) if not isinstance(buffer, mmap.mmap) else len(buffer)
+    if size < manifest.total_bytes:
+        raise PayloadError(
+            f"truncated payload: {size} bytes received, manifest announces {manifest.total_bytes}"
+        )
+    out: dict[str, np.ndarray] = {}
+    for spec in manifest.arrays:
+        try:
+            dtype = np.dtype(spec.dtype)
+        except TypeError as exc:
+            raise PayloadError(f"array {spec.name!r} has an unknown dtype {spec.dtype!r}") from exc
+        if dtype.kind not in _ALLOWED_KINDS:
+            raise PayloadError(f"array {spec.name!r} has a non-numeric dtype {spec.dtype!r}")
+        if any(dim < 0 for dim in spec.shape):
+            raise PayloadError(f"array {spec.name!r} has a negative dimension {list(spec.shape)}")
+        count = int(np.prod(spec.shape, dtype=np.int64)) if spec.shape else 1
+        if count * dtype.itemsize != spec.nbytes:
+            raise PayloadError(
+                f"array {spec.name!r}: shape {list(spec.shape)} x {dtype} does not make {spec.nbytes} bytes"
+            )
+        if spec.offset + spec.nbytes > manifest.total_bytes:
+            raise PayloadError(f"array {spec.name!r} runs past the end of the payload")
+        if spec.name in out:
+            raise PayloadError(f"array {spec.name!r} appears twice in the payload")
+        view = np.frombuffer(buffer, dtype=dtype, count=count, offset=spec.offset)
+        out[spec.name] = view.reshape(tuple(spec.shape))
+    return out
+
+
+def iter_chunks(
+    payload_id: str, payload: EncodedPayload, chunk_size: int = CHUNK_SIZE
+) -> Iterator[pb.PayloadChunk]:
+    """Yield the payload as chunks of at most `chunk_size` bytes, manifest first."""
+    view = memoryview(payload.buffer).cast("B") if not isinstance(payload.buffer, mmap.mmap) else payload.buffer
+    total = payload.nbytes
+    first = pb.PayloadChunk(
+        protocol_version=PROTOCOL_VERSION, payload_id=payload_id, manifest=payload.manifest
+    )
+    if total == 0:
+        yield first
+        return
+    for start in range(0, total, chunk_size):
+        chunk = first if start == 0 else pb.PayloadChunk(payload_id=payload_id)
+        chunk.offset = start
+        chunk.data = bytes(view[start : min(start + chunk_size, total)])
+        yield chunk
+
+
+class PayloadAssembler:
+    """Reassemble chunks into one preallocated buffer (memory, or a file when `path` is set)."""
+
+    def __init__(self, *, path: Path | None = None, limit: int | None = None) -> None:
+        self._path = path
+        self._limit = max_payload_bytes() if limit is None else limit
+        self._buffer: Any = None
+        self._file: Any = None
+        self.manifest: pb.PayloadManifest | None = None
+        self.payload_id = ""
+        self.received = 0
+
+    def feed(self, chunk: pb.PayloadChunk) -> None:
+        """Copy one chunk in place; the first chunk must carry the manifest."""
+        if self.manifest is None:
+            self._start(chunk)
+        elif chunk.payload_id and chunk.payload_id != self.payload_id:
+            raise PayloadError(
+                f"chunk for payload {chunk.payload_id!r} arrived inside payload {self.payload_id!r}"
+            )
+        if not chunk.data:
+            return
+        if chunk.offset != self.received:
+            raise PayloadError(
+                f"payload {self.payload_id!r}: chunk at byte {chunk.offset}, expected {self.received}"
+            )
+        end = chunk.offset + len(chunk.data)
+        assert self.manifest is not None
+        if end > self.manifest.total_bytes:
+            raise PayloadError(
+                f"payload {self.payload_id!r} overflows its manifest "
+                f"({end} > {self.manifest.total_bytes} bytes)"
+            )
+        self._buffer[chunk.offset : end] = chunk.data
+        self.received = end
+
+    def _start(self, chunk: pb.PayloadChunk) -> None:
+        if chunk.protocol_version != PROTOCOL_VERSION:
+            from common.errors import ProtocolVersionError
+
+            raise ProtocolVersionError(
+                f"payload speaks protocol {chunk.protocol_version}, this peer speaks "
+                f"{PROTOCOL_VERSION}: install the same fedloom version on both sides"
+            )
+        if not chunk.HasField("manifest"):
+            raise PayloadError("the first chunk of a payload must carry its manifest")
+        total = int(chunk.manifest.total_bytes)
+        if total > self._limit:
+            raise PayloadError(
+                f"payload of {total} bytes exceeds the limit of {self._limit} bytes: "
+                "raise FEDLOOM_MAX_PAYLOAD_BYTES on the receiving side if this is expected"
+            )
+        self.manifest = chunk.manifest
+        self.payload_id = chunk.payload_id
+        if self._path is None:
+            self._buffer = bytearray(total)
+        else:
+            self._file = open(self._path, "w+b")  # noqa: SIM115 - closed in finish()/close()
+            _write_header(self._file, chunk.manifest)
+            data_start = self._file.tell()
+            self._file.truncate(data_start + total)
+            if total:
+                self._map = mmap.mmap(self._file.fileno(), data_start + total)
+                self._buffer = memoryview(self._map)[data_start:]
+            else:
+                self._buffer = bytearray(0)
+
+    def finish(self) -> EncodedPayload:
+        """Check completeness and return the payload (file-backed payloads are flushed and closed)."""
+        if self.manifest is None:
+            raise PayloadError("empty payload stream: no manifest was received")
+        if self.received != self.manifest.total_bytes:
+            self.close()
+            raise PayloadError(
+                f"truncated payload {self.payload_id!r}: received {self.received} of "
+                f"{self.manifest.total_bytes} bytes"
+            )
+        decode_arrays(self.manifest, self._buffer)  # validate specs before anyone uses them
+        if self._file is not None:
+            self.close()
+            assert self._path is not None
+            return read_payload_file(self._path)
+        return EncodedPayload(self.manifest, self._buffer)
+
+    def close(self) -> None:
+        """Release a file-backed buffer."""
+        if self._file is not None:
+            if isinstance(self._buffer, memoryview):
+                self._buffer.release()
+                self._map.flush()
+                self._map.close()
+            self._file.close()
+            self._file = None
+
+
+def _write_header(fh: Any, manifest: pb.PayloadManifest) -> None:
+    raw = manifest.SerializeToString()
+    fh.write(_FILE_HEADER.pack(_FILE_MAGIC, len(raw)))
+    fh.write(raw)
+    fh.write(b"\0" * (_align(fh.tell()) - fh.tell()))
+
+
+def write_payload_file(path: Path, arrays: Mapping[str, np.ndarray]) -> pb.PayloadManifest:
+    """Write arrays as a payload file: header, manifest, then the aligned raw buffer."""
+    manifest = build_manifest(arrays)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w+b") as fh:
+        _write_header(fh, manifest)
+        start = fh.tell()
+        fh.truncate(start + manifest.total_bytes)
+        if manifest.total_bytes:
+            with mmap.mmap(fh.fileno(), start + manifest.total_bytes) as mapped:
+                view = memoryview(mapped)[start:]
+                _fill(view, manifest, arrays)
+                view.release()
+    os.replace(tmp, path)
+    return manifest
+
+
+def read_payload_file(path: Path) -> EncodedPayload:
+    """Map a payload file read-only; arrays are views over the mapping."""
+    with open(path, "rb") as fh:
+        head = fh.read(_FILE_HEADER.size)
+        if len(head) != _FILE_HEADER.size:
+            raise PayloadError(f"{path} is not a fedloom payload file (too short)")
+        magic, length = _FILE_HEADER.unpack(head)
+        if magic != _FILE_MAGIC:
+            raise PayloadError(f"{path} is not a fedloom payload file (bad magic)")
+        manifest = pb.PayloadManifest()
+        manifest.ParseFromString(fh.read(length))
+        start = _align(_FILE_HEADER.size + length)
+        size = os.fstat(fh.fileno()).st_size
+        if size < start + manifest.total_bytes:
+            raise PayloadError(f"{path} is truncated: {size} bytes for {start + manifest.total_bytes}")
+        if manifest.total_bytes == 0:
+            return EncodedPayload(manifest, bytearray(0))
+        mapped = mmap.mmap(fh.fileno(), start + manifest.total_bytes, access=mmap.ACCESS_READ)
+    return EncodedPayload(manifest, memoryview(mapped)[start:])

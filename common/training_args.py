@@ -1,0 +1,89 @@
+"""Training arguments with Fed-BioMed's names, validated on the researcher before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from common.constants import DEFAULT_ROUND_TIMEOUT
+from common.errors import ConfigurationError
+
+__all__ = ["TrainingArgs"]
+
+
+@dataclass(frozen=True)
+class TrainingArgs:
+    """Local training settings sent to every node with each train request.
+
+    `epochs` and `num_updates` are exclusive: `num_updates` counts optimizer steps
+    (batches), cycling over the data as needed. `random_seed` makes batching and torch
+    initialisation deterministic; None lets each node draw its own.
+    """
+
+    epochs: int | None = None
+    num_updates: int | None = None
+    batch_size: int = 48
+    test_ratio: float = 0.0
+    test_on_global_updates: bool = False
+    test_on_local_updates: bool = False
+    random_seed: int | None = None
+    dry_run: bool = False
+    log_interval: int = 10
+    round_timeout: float = DEFAULT_ROUND_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.num_updates is not None:
+            raise ConfigurationError(
+                "training_args sets both 'epochs' and 'num_updates': keep only one of them"
+            )
+        for name in ("epochs", "num_updates", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigurationError(
+                    f"training_args['{name}'] must be a positive integer, got {value!r}"
+                )
+        if not 0.0 <= float(self.test_ratio) < 1.0:
+            raise ConfigurationError(
+                f"training_args['test_ratio'] must be in [0, 1), got {self.test_ratio!r}"
+            )
+        if not float(self.round_timeout) > 0:
+            raise ConfigurationError(
+                f"training_args['round_timeout'] must be a positive number of seconds, got {self.round_timeout!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | TrainingArgs | None) -> TrainingArgs:
+        """Build from a dict, refusing unknown keys with the list of known ones."""
+        if values is None:
+            return cls()
+        if isinstance(values, TrainingArgs):
+            return values
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown training argument(s) {unknown}; known ones are {sorted(known)}"
+            )
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every setting."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingArgs:
+        return cls.from_dict(json.loads(text) if text else {})
+
+    def replace(self, **changes: Any) -> TrainingArgs:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def effective_epochs(self) -> int:
+        """Epochs to run when num_updates is not set (default 1)."""
+        return 1 if self.epochs is None else self.epochs

@@ -1,0 +1,129 @@
+"""The training-plan API shared by every framework (Fed-BioMed's shape)."""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from common.data import DataManager
+from common.errors import PlanError
+from common.training_args import TrainingArgs
+
+__all__ = ["BaseTrainingPlan", "LocalTrainingResult"]
+
+
+@dataclass
+class LocalTrainingResult:
+    """What one round of local training produced on a node."""
+
+    n_samples: int
+    n_steps: int
+    losses: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def call_with_optional_arg(method: Callable[..., Any], arg: Any) -> Any:
+    """Call a user hook written either as `f(self)` or `f(self, args)`."""
+    params = [
+        p
+        for p in inspect.signature(method).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return method(arg) if params else method()
+
+
+class BaseTrainingPlan(abc.ABC):
+    """A class the researcher writes; its source runs on the nodes.
+
+    Subclasses define `init_model`, `init_optimizer` (optional), `training_data` and,
+    for torch, `training_step`. The node sets `dataset_path` before calling `training_data()`.
+    """
+
+    #: "torch" or "numpy": the declearn Vector kind aux vars are decoded into for this plan.
+    vector_kind: str = "numpy"
+
+    def __init__(self) -> None:
+        self.dataset_path: str | None = None
+        self._model_args: dict[str, Any] = {}
+        self._training_args = TrainingArgs()
+
+    # -- hooks the researcher may override -------------------------------------------
+    def init_dependencies(self) -> list[str]:
+        """Import lines the plan needs on the node (e.g. 'import torch')."""
+        return []
+
+    @abc.abstractmethod
+    def training_data(self) -> DataManager:
+        """Load the node's dataset (at `self.dataset_path`) and return a DataManager."""
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def model_args(self) -> dict[str, Any]:
+        return dict(self._model_args)
+
+    def training_args(self) -> TrainingArgs:
+        return self._training_args
+
+    @abc.abstractmethod
+    def post_init(self, model_args: Mapping[str, Any], training_args: TrainingArgs) -> None:
+        """Build the model and the optimizer; called on the researcher and on the nodes."""
+
+    @abc.abstractmethod
+    def get_parameters(self) -> dict[str, np.ndarray]:
+        """The parameters that travel, as numpy arrays (copies safe to keep)."""
+
+    @abc.abstractmethod
+    def set_parameters(self, params: Mapping[str, np.ndarray]) -> None:
+        """Load parameters received from the researcher."""
+
+    def trainable_parameter_names(self) -> list[str]:
+        """Names of the parameters an optimizer updates (default: all of them)."""
+        return list(self.get_parameters())
+
+    @abc.abstractmethod
+    def training_optimizer(self) -> Any:
+        """The node-side optimizer adapter (common.optimizers.adapters.TrainingOptimizer)."""
+
+    def optimizer_spec(self) -> dict[str, Any] | None:
+        """The declearn optimizer's spec, or None for a framework-native optimizer."""
+        return None
+
+    @abc.abstractmethod
+    def train_round(self, data: DataManager, optimizer: Any) -> LocalTrainingResult:
+        """Run one round of local training on `data` with the adapter from `training_optimizer()`."""
+
+    def evaluate(self, data: DataManager) -> dict[str, float]:
+        """Validation metrics on `data` (plans may override; default: none)."""
+        return {}
+
+    def _load_training_data(self) -> DataManager:
+        data = self.training_data()
+        if not isinstance(data, DataManager):
+            raise PlanError(
+                f"{type(self).__name__}.training_data() returned {type(data).__name__}; "
+                "return common.data.DataManager(dataset=..., target=...)"
+            )
+        return data
+
+    def run_local_training(self, optimizer: Any) -> LocalTrainingResult:
+        """Load data, split off the test part, validate and train one round with `optimizer`."""
+        args = self._training_args
+        seed = 0 if args.random_seed is None else args.random_seed
+        data = self._load_training_data()
+        train, test = data.split(args.test_ratio, seed)
+        start = time.perf_counter()
+        metrics: dict[str, float] = {}
+        if test is not None and args.test_on_global_updates:
+            metrics.update({f"global_{k}": v for k, v in self.evaluate(test).items()})
+        result = self.train_round(train, optimizer)
+        if test is not None and args.test_on_local_updates:
+            metrics.update({f"local_{k}": v for k, v in self.evaluate(test).items()})
+        result.metrics.update(metrics)
+        result.seconds = time.perf_counter() - start
+        return result

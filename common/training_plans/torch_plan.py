@@ -1,0 +1,182 @@
+"""TorchTrainingPlan: a PyTorch model trained on the node with a torch or declearn optimizer."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.data import DataManager
+from common.errors import PlanError
+from common.training_args import TrainingArgs
+from common.training_plans.base import BaseTrainingPlan, LocalTrainingResult, call_with_optional_arg
+from common.training_plans.metrics import classification_or_regression_metrics
+
+__all__ = ["TorchTrainingPlan"]
+
+
+class TorchTrainingPlan(BaseTrainingPlan):
+    """Subclass and define `init_model`, `training_data`, `training_step`, optionally
+    `init_optimizer` (default: declearn SGD with lr=0.01) and `testing_step`."""
+
+    vector_kind = "torch"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._model: torch.nn.Module | None = None
+        self._optimizer: Any = None
+
+    # -- user hooks ---------------------------------------------------------------------
+    def init_model(self, model_args: Mapping[str, Any] | None = None) -> torch.nn.Module:
+        raise PlanError(f"{type(self).__name__} must define init_model() returning a torch.nn.Module")
+
+    def init_optimizer(self, optimizer_args: Mapping[str, Any] | None = None) -> Any:
+        from common.optimizers.optimizer import Optimizer
+
+        return Optimizer(lr=0.01)
+
+    def training_step(self, data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise PlanError(f"{type(self).__name__} must define training_step(data, target) returning the loss")
+
+    # -- accessors in Fed-BioMed's style ----------------------------------------------------
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            raise PlanError("the model is not built yet: post_init() builds it from init_model()")
+        return self._model
+
+    def optimizer(self) -> Any:
+        return self._optimizer
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def post_init(self, model_args: Mapping[str, Any], training_args: TrainingArgs) -> None:
+        self._model_args = dict(model_args)
+        self._training_args = training_args
+        if training_args.random_seed is not None:
+            torch.manual_seed(training_args.random_seed)
+        model = call_with_optional_arg(self.init_model, self._model_args)
+        if not isinstance(model, torch.nn.Module):
+            raise PlanError(
+                f"{type(self).__name__}.init_model() returned {type(model).__name__}, not a torch.nn.Module"
+            )
+        self._model = model
+        self._optimizer = call_with_optional_arg(self.init_optimizer, {})
+        self._check_optimizer()
+
+    def _check_optimizer(self) -> None:
+        from common.optimizers.optimizer import Optimizer
+
+        if not isinstance(self._optimizer, Optimizer | torch.optim.Optimizer):
+            raise PlanError(
+                f"{type(self).__name__}.init_optimizer() returned {type(self._optimizer).__name__}: "
+                "return a torch.optim optimizer or common.optimizers.optimizer.Optimizer"
+            )
+
+    def optimizer_spec(self) -> dict[str, Any] | None:
+        from common.optimizers.optimizer import Optimizer
+
+        return self._optimizer.to_spec() if isinstance(self._optimizer, Optimizer) else None
+
+    def get_parameters(self) -> dict[str, np.ndarray]:
+        return {
+            name: value.detach().cpu().numpy().copy()
+            for name, value in self.model().state_dict().items()
+            if value.is_floating_point()
+        }
+
+    def set_parameters(self, params: Mapping[str, np.ndarray]) -> None:
+        state = self.model().state_dict()
+        expected = {k for k, v in state.items() if v.is_floating_point()}
+        missing, extra = expected - set(params), set(params) - expected
+        if missing or extra:
+            raise PlanError(
+                f"parameters do not fit the model: missing {sorted(missing)[:5]}, unexpected "
+                f"{sorted(extra)[:5]}; the node and researcher built different models"
+            )
+        with torch.no_grad(), warnings.catch_warnings():
+            # Received arrays are read-only views over the payload buffer; we only read them.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for name in expected:
+                src = torch.from_numpy(np.asarray(params[name]))
+                if tuple(src.shape) != tuple(state[name].shape):
+                    raise PlanError(
+                        f"parameter {name!r} has shape {tuple(src.shape)}, the model expects "
+                        f"{tuple(state[name].shape)}"
+                    )
+                state[name].copy_(src)
+
+    def trainable_parameter_names(self) -> list[str]:
+        return [n for n, p in self.model().named_parameters() if p.requires_grad]
+
+    def training_optimizer(self) -> Any:
+        from common.optimizers.adapters import make_torch_optimizer
+
+        return make_torch_optimizer(self.model(), self._optimizer)
+
+    # -- training ---------------------------------------------------------------------------
+    def _batches(self, data: DataManager, rng: np.random.Generator) -> Iterator[tuple[Any, Any]]:
+        args = self._training_args
+        epochs = args.effective_epochs
+        steps = 0
+        epoch = 0
+        while True:
+            for inputs, target in data.batches(args.batch_size, rng):
+                yield _to_tensor(inputs), _to_tensor(target)
+                steps += 1
+                if args.num_updates is not None and steps >= args.num_updates:
+                    return
+                if args.dry_run:
+                    return
+            epoch += 1
+            if args.num_updates is None and epoch >= epochs:
+                return
+
+    def train_round(self, data: DataManager, optimizer: Any) -> LocalTrainingResult:
+        args = self._training_args
+        rng = np.random.default_rng(args.random_seed)
+        model = self.model()
+        model.train()
+        optimizer.init_round()
+        losses: list[float] = []
+        for inputs, target in self._batches(data, rng):
+            optimizer.zero_grad()
+            loss = self.training_step(inputs, target)
+            if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                raise PlanError(
+                    f"{type(self).__name__}.training_step() must return a scalar torch tensor (the loss)"
+                )
+            if not torch.isfinite(loss):
+                raise PlanError(
+                    f"training loss became {loss.item()} at local step {len(losses) + 1}: lower the "
+                    "learning rate or check the data for NaNs"
+                )
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        return LocalTrainingResult(n_samples=len(data), n_steps=len(losses), losses=losses)
+
+    def evaluate(self, data: DataManager) -> dict[str, float]:
+        model = self.model()
+        model.eval()
+        with torch.no_grad():
+            inputs, target = _to_tensor(data.inputs), _to_tensor(data.targets)
+            if hasattr(self, "testing_step"):
+                out = self.testing_step(inputs, target)
+                if isinstance(out, dict):
+                    return {k: float(v) for k, v in out.items()}
+                return {"metric": float(out)}
+            loss = self.training_step(inputs, target)
+            metrics = {"loss": float(loss)}
+            output = model(inputs)
+            metrics.update(classification_or_regression_metrics(output.numpy(), data.targets))
+            return metrics
+
+
+def _to_tensor(values: Any) -> Any:
+    if values is None:
+        return None
+    array = np.asarray(values)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    return tensor.float() if tensor.is_floating_point() and tensor.dtype == torch.float64 else tensor

@@ -1,0 +1,334 @@
+"""The node daemon: dials the researcher, keeps the control stream alive, runs approved tasks."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from common import __version__
+from common.constants import (
+    HEARTBEAT_INTERVAL,
+    PROTOCOL_VERSION,
+    RECONNECT_BACKOFF,
+    RECONNECT_INITIAL_DELAY,
+    RECONNECT_MAX_DELAY,
+)
+from common.errors import ConfigurationError, FedloomError
+from common.grpc_options import channel_options
+from common.proto import fedloom_pb2 as pb
+from common.proto import fedloom_pb2_grpc as pb_grpc
+from node.executor import TaskExecutor
+from node.home import NodeHome
+from node.registry import DatasetRegistry
+from node.tasks import TaskHandler
+
+__all__ = ["NodeDaemon", "run_node"]
+
+log = logging.getLogger(__name__)
+
+#: Exit code when the researcher refuses this node for good (wrong credentials, protocol).
+EXIT_REFUSED = 3
+
+
+class _Session:
+    """One connection's outgoing queue; messages sent after it ends are dropped."""
+
+    def __init__(self) -> None:
+        self.outbox: queue.Queue[pb.NodeMessage | None] = queue.Queue()
+        self.closed = threading.Event()
+
+    def send(self, message: pb.NodeMessage) -> None:
+        if not self.closed.is_set():
+            self.outbox.put(message)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.outbox.put(None)
+
+
+class NodeDaemon:
+    """Connects out to the researcher and serves its tasks until stopped."""
+
+    def __init__(
+        self,
+        home: NodeHome,
+        researcher: str,
+        *,
+        credentials: grpc.ChannelCredentials | None,
+        allow_unapproved: bool = False,
+        task_timeout: float | None = None,
+        max_memory_mb: int | None = None,
+    ) -> None:
+        self.home = home
+        self.researcher = researcher
+        self._credentials = credentials
+        self._stop = threading.Event()
+        self._session: _Session | None = None
+        self._session_lock = threading.Lock()
+        self._executor = TaskExecutor(max_memory_mb=max_memory_mb)
+        self._tasks: queue.Queue[pb.TaskRequest | None] = queue.Queue()
+        self._stub: pb_grpc.FederationStub | None = None
+        self._handler = TaskHandler(
+            home,
+            self._executor,
+            allow_unapproved=allow_unapproved,
+            task_timeout=task_timeout,
+            send=self._send,
+            stub=lambda: self._stub,
+        )
+
+    # -- public ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until stop(); reconnects with capped backoff after every cut."""
+        self._executor.prepare()
+        worker = threading.Thread(target=self._task_loop, name="tasks", daemon=True)
+        worker.start()
+        delay = RECONNECT_INITIAL_DELAY
+        code = 0
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                outcome = self._connect_once()
+                if outcome == "refused":
+                    code = EXIT_REFUSED
+                    break
+                if self._stop.is_set():
+                    break
+                if time.monotonic() - started > 30:
+                    delay = RECONNECT_INITIAL_DELAY  # a long healthy session resets the backoff
+                log.warning(
+                    "reconnecting to the researcher at %s in %.1f s", self.researcher, delay
+                )
+                self._stop.wait(delay)
+                delay = min(delay * RECONNECT_BACKOFF, RECONNECT_MAX_DELAY)
+        finally:
+            self._tasks.put(None)
+            self._executor.close()
+        return code
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._session_lock:
+            if self._session is not None:
+                self._session.close()
+
+    # -- connection ---------------------------------------------------------------------------
+    def _hello(self) -> pb.NodeMessage:
+        datasets = [
+            pb.DatasetInfo(
+                name=d.name,
+                tags=list(d.tags),
+                n_samples=d.n_samples,
+                shape=list(d.shape),
+                data_type=d.data_type,
+                columns=list(d.columns),
+                target=d.target or "",
+            )
+            for d in DatasetRegistry(self.home.db_path).list()
+        ]
+        from common.secagg.keys import load_or_create_keypair
+
+        public_key = load_or_create_keypair(self.home.keys_dir).public_bytes()
+        hello = pb.Hello(
+            node_id=self.home.node_id,
+            node_name=self.home.name,
+            datasets=datasets,
+            software_version=__version__,
+            secagg_public_key=public_key,
+        )
+        return pb.NodeMessage(
+            protocol_version=PROTOCOL_VERSION, node_id=self.home.node_id, hello=hello
+        )
+
+    def _channel(self) -> grpc.Channel:
+        if self._credentials is None:
+            return grpc.insecure_channel(self.researcher, options=channel_options())
+        return grpc.secure_channel(self.researcher, self._credentials, options=channel_options())
+
+    def _connect_once(self) -> str:
+        session = _Session()
+        hello = self._hello()
+
+        def outgoing():  # type: ignore[no-untyped-def]
+            yield hello
+            while True:
+                message = session.outbox.get()
+                if message is None:
+                    return
+                message.protocol_version = PROTOCOL_VERSION
+                message.node_id = self.home.node_id
+                yield message
+
+        with self._channel() as channel:
+            self._stub = pb_grpc.FederationStub(channel)
+            responses = self._stub.Connect(outgoing())
+            try:
+                first = next(responses)
+                if first.WhichOneof("body") == "refusal":
+                    log.error(
+                        "the researcher at %s refused this node: %s",
+                        self.researcher,
+                        first.refusal.reason,
+                    )
+                    return "refused"
+                log.info(
+                    "connected to researcher %s at %s as %s (%s)",
+                    first.welcome.researcher_id,
+                    self.researcher,
+                    self.home.name,
+                    self.home.node_id,
+                )
+                with self._session_lock:
+                    self._session = session
+                heart = threading.Thread(
+                    target=self._heartbeat, args=(session,), name="heartbeat", daemon=True
+                )
+                heart.start()
+                for message in responses:
+                    self._dispatch(message)
+                log.warning("the researcher at %s closed the connection", self.researcher)
+            except grpc.RpcError as exc:
+                self._log_rpc_error(exc)
+                if exc.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                ):
+                    return "refused"
+            finally:
+                session.close()
+                with self._session_lock:
+                    if self._session is session:
+                        self._session = None
+        return "lost"
+
+    def _log_rpc_error(self, exc: grpc.RpcError) -> None:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            log.warning("researcher at %s is unreachable (%s); retrying", self.researcher, details)
+        elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            log.error("the researcher at %s refused this node: %s", self.researcher, details)
+        elif code == grpc.StatusCode.CANCELLED and self._stop.is_set():
+            log.info("connection closed")
+        else:
+            log.warning(
+                "connection to %s lost: %s %s", self.researcher, code.name if code else "", details
+            )
+
+    def _heartbeat(self, session: _Session) -> None:
+        while not session.closed.wait(HEARTBEAT_INTERVAL):
+            busy = self._handler.current_task
+            session.send(
+                pb.NodeMessage(
+                    heartbeat=pb.Heartbeat(
+                        time=time.time(), state="busy" if busy else "idle", task_id=busy or ""
+                    )
+                )
+            )
+
+    def _send(self, message: pb.NodeMessage) -> bool:
+        with self._session_lock:
+            session = self._session
+        if session is None:
+            return False
+        session.send(message)
+        return True
+
+    def _dispatch(self, message: pb.ResearcherMessage) -> None:
+        if message.protocol_version != PROTOCOL_VERSION:
+            log.error(
+                "researcher speaks protocol %d, this node %d: install the same fedloom version on both",
+                message.protocol_version,
+                PROTOCOL_VERSION,
+            )
+            return
+        kind = message.WhichOneof("body")
+        if kind == "task":
+            self._tasks.put(message.task)
+        elif kind == "cancel":
+            if not self._executor.cancel(message.cancel.task_id, message.cancel.reason):
+                log.info("cancel for task %s ignored: not running", message.cancel.task_id)
+
+    def _task_loop(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            self._handler.handle(task)
+
+
+def _channel_credentials(
+    tls: dict[str, Any] | None, insecure: bool
+) -> grpc.ChannelCredentials | None:
+    if insecure:
+        log.warning(
+            "connecting WITHOUT TLS (--insecure): traffic is readable and the researcher is not "
+            "authenticated; use only for local development"
+        )
+        return None
+    if not tls or not all(tls.get(k) for k in ("ca", "cert", "key")):
+        raise ConfigurationError(
+            "TLS is on by default: pass --ca CA.pem --cert NODE.pem --key NODE.key "
+            "(see `fedloom certs init`), or --insecure for local development"
+        )
+    from common.tls import node_channel_credentials
+
+    return node_channel_credentials(Path(tls["ca"]), Path(tls["cert"]), Path(tls["key"]))
+
+
+def _log_to_file(home: NodeHome) -> None:
+    home.logs_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(home.logs_dir / "node.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    if logging.getLogger().level > logging.INFO or logging.getLogger().level == logging.NOTSET:
+        logging.getLogger().setLevel(logging.INFO)
+
+
+def run_node(
+    home: NodeHome,
+    researcher: str,
+    *,
+    allow_unapproved: bool = False,
+    insecure: bool = False,
+    tls: dict[str, Any] | None = None,
+    task_timeout: float | None = None,
+    max_memory_mb: int | None = None,
+) -> int:
+    """Run the node until SIGINT/SIGTERM; returns the process exit code."""
+    _log_to_file(home)
+    try:
+        credentials = _channel_credentials(tls, insecure)
+    except FedloomError as exc:
+        log.error("%s", exc)
+        return 2
+    if allow_unapproved:
+        log.warning(
+            "--allow-unapproved: this node will run ANY training plan the researcher sends, "
+            "without operator approval. Use only for local development."
+        )
+    daemon = NodeDaemon(
+        home,
+        researcher,
+        credentials=credentials,
+        allow_unapproved=allow_unapproved,
+        task_timeout=task_timeout,
+        max_memory_mb=max_memory_mb,
+    )
+
+    def stop(signum: int, frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        daemon.stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+    log.info("node %s (%s) starting; researcher %s", home.name, home.node_id, researcher)
+    return daemon.run()

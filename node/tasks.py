@@ -1,0 +1,269 @@
+"""Handling one train task on the node: approval, dataset, download, isolated run, upload, reply."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from common.errors import DatasetError, FedloomError, PlanError
+from common.proto import fedloom_pb2 as pb
+from common.proto import fedloom_pb2_grpc as pb_grpc
+from common.training_args import TrainingArgs
+from common.training_plans.source import plan_hash
+from node.executor import TaskExecutor
+from node.home import NodeHome
+from node.plans import PlanRegistry
+from node.registry import DatasetRegistry
+from node.transfer import download_payload, upload_payload
+
+__all__ = ["TaskHandler"]
+
+log = logging.getLogger(__name__)
+
+#: Extra seconds granted beyond the researcher's round timeout before the node kills a
+#: task itself: the researcher's deadline should fire first and say why.
+TIMEOUT_SLACK_SECONDS = 5.0
+
+
+class TaskRefused(FedloomError):
+    """A task the node will not run; `kind` names the reason for the researcher."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class TaskHandler:
+    """Runs tasks one at a time and replies on whatever connection is current."""
+
+    def __init__(
+        self,
+        home: NodeHome,
+        executor: TaskExecutor,
+        *,
+        allow_unapproved: bool,
+        task_timeout: float | None,
+        send: Callable[[pb.NodeMessage], bool],
+        stub: Callable[[], pb_grpc.FederationStub | None],
+    ) -> None:
+        self.home = home
+        self._executor = executor
+        self._allow_unapproved = allow_unapproved
+        self._task_timeout = task_timeout
+        self._send = send
+        self._stub = stub
+        self.current_task: str | None = None
+
+    def handle(self, task: pb.TaskRequest) -> None:
+        """Run a task and send its reply; never raises."""
+        self.current_task = task.task_id
+        task_dir = self.home.path / "tasks" / uuid.uuid4().hex[:12]
+        task_dir.mkdir(parents=True)
+        try:
+            reply = self._run(task, task_dir)
+        except TaskRefused as exc:
+            log.error("task %s refused: %s", task.task_id, exc)
+            reply = _error_reply(task, exc.kind, str(exc))
+        except FedloomError as exc:
+            log.error("task %s failed: %s", task.task_id, exc)
+            reply = _error_reply(task, type(exc).__name__, str(exc))
+        except grpc.RpcError as exc:
+            log.error("task %s: transfer with the researcher failed: %s", task.task_id, exc)
+            reply = _error_reply(task, "TransferError", f"payload transfer failed: {exc}")
+        except Exception as exc:  # the daemon must survive anything a task does
+            log.exception("task %s: unexpected error", task.task_id)
+            reply = _error_reply(task, type(exc).__name__, f"node-side error: {exc}")
+        finally:
+            shutil.rmtree(task_dir, ignore_errors=True)
+            self.current_task = None
+        if not self._send(pb.NodeMessage(reply=reply)):
+            log.warning(
+                "task %s finished but the researcher is not connected; reply dropped", task.task_id
+            )
+
+    # -- steps ---------------------------------------------------------------------------
+    def _run(self, task: pb.TaskRequest, task_dir: Path) -> pb.TaskReply:
+        if task.WhichOneof("kind") != "train":
+            raise TaskRefused(
+                "UnsupportedTask", f"this node does not know task kind {task.WhichOneof('kind')!r}"
+            )
+        train = task.train
+        TrainingArgs.from_json(train.training_args_json)  # refuse malformed arguments early
+        plan_path = self._approved_plan(train.plan, task_dir)
+        dataset = self._dataset(train.dataset_name)
+        stub = self._stub()
+        if stub is None:
+            raise TaskRefused("Disconnected", "lost the researcher before the task started")
+        global_path = task_dir / "global.bin"
+        download_payload(stub, self.home.node_id, train.params_payload_id, global_path)
+        aux_path = task_dir / "aux_in.bin"
+        aux_path.write_bytes(train.aux_vars.SerializeToString())
+        args = json.loads(train.training_args_json or "{}")
+        spec: dict[str, Any] = {
+            "task_id": task.task_id,
+            "experiment_id": task.experiment_id,
+            "round": task.round,
+            "plan_path": str(plan_path),
+            "class_name": train.plan.class_name,
+            "dataset_path": dataset.path,
+            "global_payload_path": str(global_path),
+            "aux_path": str(aux_path),
+            "training_args_json": train.training_args_json,
+            "model_args_json": train.model_args_json,
+            "state_dir": str(self._state_dir(task.experiment_id)),
+            "reply_payload_path": str(task_dir / "reply.bin"),
+            "aux_out_path": str(task_dir / "aux_out.bin"),
+            "result_path": str(task_dir / "result.json"),
+            "random_seed": args.get("random_seed"),
+        }
+        timeout = self._timeout(task)
+        log.info(
+            "round %d of %s: training plan %s on dataset %s",
+            task.round,
+            task.experiment_id,
+            train.plan.class_name,
+            dataset.name,
+        )
+        outcome = self._executor.run(
+            task.task_id,
+            spec,
+            task_dir / "spec.json",
+            timeout,
+            lambda level, msg: self._relay(task, level, msg),
+        )
+        result = outcome.result
+        if not result.get("ok"):
+            reply = _error_reply(task, result.get("kind", "PlanError"), result.get("message", ""))
+            reply.error.traceback = result.get("traceback", "")
+            log.error("training failed: %s: %s", reply.error.kind, reply.error.message)
+            return reply
+        payload_id = f"reply-{task.task_id}"
+        upload_payload(stub, self.home.node_id, payload_id, task_dir / "reply.bin")
+        aux_out = pb.AuxVars()
+        aux_out.ParseFromString((task_dir / "aux_out.bin").read_bytes())
+        return pb.TaskReply(
+            task_id=task.task_id,
+            experiment_id=task.experiment_id,
+            round=task.round,
+            ok=True,
+            payload_id=payload_id,
+            n_samples=int(result["n_samples"]),
+            aux_vars=aux_out,
+            metrics={k: float(v) for k, v in result.get("metrics", {}).items()},
+            losses=[float(v) for v in result.get("losses", [])],
+            train_seconds=float(result.get("train_seconds", 0.0)),
+            n_steps=int(result.get("n_steps", 0)),
+        )
+
+    def _timeout(self, task: pb.TaskRequest) -> float:
+        limits = [
+            t
+            for t in (
+                self._task_timeout,
+                task.timeout_seconds + TIMEOUT_SLACK_SECONDS if task.timeout_seconds else None,
+            )
+            if t
+        ]
+        return min(limits) if limits else 24 * 3600.0
+
+    def _approved_plan(self, plan: pb.TrainingPlanSource, task_dir: Path) -> Path:
+        registry = PlanRegistry(self.home.db_path)
+        if plan.source:
+            actual = plan_hash(plan.source)
+            if actual != plan.sha256:
+                raise TaskRefused(
+                    "PlanHashMismatch",
+                    f"the plan source hashes to {actual[:12]}, the researcher announced {plan.sha256[:12]}: "
+                    "install the same fedloom version on both sides",
+                )
+        status = registry.status(plan.sha256)
+        if status is None:
+            if not plan.source:
+                raise TaskRefused("UnknownPlan", plan.sha256)
+            registry.record_request(
+                plan.sha256, plan.class_name, plan.source, researcher="researcher"
+            )
+            status = registry.status(plan.sha256)
+        record = registry.get(plan.sha256)
+        plan_id = plan.sha256[:12]
+        if status != "approved":
+            if self._allow_unapproved and status != "rejected":
+                log.warning(
+                    "running UNAPPROVED training plan %s (%s): --allow-unapproved is on",
+                    plan_id,
+                    plan.class_name,
+                )
+            elif status == "rejected":
+                raise TaskRefused(
+                    "PlanRejected",
+                    f"training plan {plan_id} ({plan.class_name}) was rejected by the operator of node "
+                    f"{self.home.name}; send a different plan or ask them to run "
+                    f"`fedloom node --home {self.home.path} plan approve {plan_id}`",
+                )
+            else:
+                raise TaskRefused(
+                    "PlanNotApproved",
+                    f"training plan {plan_id} ({plan.class_name}) is not approved on node {self.home.name}; "
+                    f"its operator must review it and run `fedloom node --home {self.home.path} plan approve {plan_id}`",
+                )
+        path = task_dir / "plan.py"
+        path.write_text(record.source, encoding="utf-8")
+        return path
+
+    def _dataset(self, name: str) -> Any:
+        registry = DatasetRegistry(self.home.db_path)
+        try:
+            dataset = registry.get(name)
+        except DatasetError as exc:
+            raise TaskRefused("UnknownDataset", f"node {self.home.name}: {exc}") from exc
+        if not Path(dataset.path).exists():
+            raise TaskRefused(
+                "DatasetMissing",
+                f"dataset {name!r} on node {self.home.name} points to {dataset.path}, which no longer exists",
+            )
+        verdict = registry.verify(name)
+        if not verdict.ok:
+            problems = "; ".join(verdict.problems) or "content hash differs"
+            raise TaskRefused(
+                "DatasetChanged",
+                f"dataset {name!r} on node {self.home.name} changed since it was registered "
+                f"({problems}); its operator must check it and register it again",
+            )
+        return dataset
+
+    def _state_dir(self, experiment_id: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment_id)
+        if not safe:
+            raise PlanError("empty experiment id")
+        return self.home.state_dir / safe
+
+    def _relay(self, task: pb.TaskRequest, level: str, message: str) -> None:
+        numeric = logging.getLevelName(level.upper())
+        logging.getLogger("node.plan").log(
+            numeric if isinstance(numeric, int) else logging.INFO, "%s", message
+        )
+        self._send(
+            pb.NodeMessage(
+                log=pb.LogRecord(
+                    level=level, message=message, task_id=task.task_id, time=time.time()
+                )
+            )
+        )
+
+
+def _error_reply(task: pb.TaskRequest, kind: str, message: str) -> pb.TaskReply:
+    return pb.TaskReply(
+        task_id=task.task_id,
+        experiment_id=task.experiment_id,
+        round=task.round,
+        ok=False,
+        error=pb.TaskError(kind=kind, message=message),
+    )

@@ -1,0 +1,193 @@
+"""The training process: runs one task of an approved plan, isolated from the node daemon.
+
+Started ahead of time by node.executor (so torch is already imported when a task comes),
+it reads one task spec path on stdin, runs the task, writes the reply payload and a result
+JSON, and exits. Logs go to stderr as JSON lines, which the daemon relays to the researcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import traceback
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("node.worker")
+
+#: Frames of a plan's traceback sent to the researcher: enough to locate the error,
+#: small enough for a log line.
+TRACEBACK_FRAMES = 6
+
+
+class _JsonLogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        line = json.dumps({"level": record.levelname, "message": self.format(record)})
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _limit_memory(max_memory_mb: int | None) -> None:
+    if not max_memory_mb:
+        return
+    import psutil
+
+    current = psutil.Process().memory_info().vms
+    limit = current + max_memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _load_plan_class(plan_path: Path, class_name: str) -> type:
+    from common.errors import PlanError
+
+    source = plan_path.read_text(encoding="utf-8")
+    module = types.ModuleType(f"fedloom_plan_{plan_path.stem[:12]}")
+    module.__file__ = str(plan_path)
+    sys.modules[module.__name__] = module
+    code = compile(source, str(plan_path), "exec")
+    try:
+        exec(code, module.__dict__)  # the operator approved this exact source
+    except NameError as exc:
+        raise PlanError(
+            f"{exc} while loading the plan: add the import to init_dependencies()"
+        ) from exc
+    plan_class = getattr(module, class_name, None)
+    if plan_class is None:
+        raise PlanError(f"the plan source defines no class {class_name!r}")
+    return plan_class
+
+
+def _read_state(state_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    from common.payload import read_payload_file
+
+    meta_path, arrays_path = state_dir / "optimizer.json", state_dir / "optimizer.bin"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    arrays = {k: np.array(v) for k, v in read_payload_file(arrays_path).arrays().items()}
+    return meta, arrays
+
+
+def _write_state(state_dir: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    from common.payload import write_payload_file
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_payload_file(state_dir / "optimizer.bin", arrays)
+    tmp = state_dir / "optimizer.json.tmp"
+    tmp.write_text(json.dumps(meta), encoding="utf-8")
+    os.replace(tmp, state_dir / "optimizer.json")
+
+
+def run_task(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one train task described by `spec`; returns the result dict (also on plan errors)."""
+    from common.optimizers.aux_codec import decode_aux_vars, encode_aux_vars
+    from common.payload import read_payload_file, write_payload_file
+    from common.proto import fedloom_pb2 as pb
+    from common.training_args import TrainingArgs
+
+    started = time.perf_counter()
+    plan_class = _load_plan_class(Path(spec["plan_path"]), spec["class_name"])
+    plan = plan_class()
+    plan.dataset_path = spec["dataset_path"]
+    training_args = TrainingArgs.from_json(spec["training_args_json"])
+    plan.post_init(json.loads(spec["model_args_json"] or "{}"), training_args)
+    arrays = read_payload_file(Path(spec["global_payload_path"])).arrays()
+    plan.set_parameters({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+    optimizer = plan.training_optimizer()
+    state_dir = Path(spec["state_dir"])
+    saved = _read_state(state_dir)
+    if saved is not None:
+        optimizer.import_state(*saved)
+    aux_in = pb.AuxVars()
+    aux_in.ParseFromString(Path(spec["aux_path"]).read_bytes())
+    if aux_in.items:
+        optimizer.process_aux_var(decode_aux_vars(aux_in, arrays, plan.vector_kind))
+    result = plan.run_local_training(optimizer)
+    aux_out, aux_arrays = encode_aux_vars(optimizer.collect_aux_var(), prefix="aux")
+    _write_state(state_dir, *optimizer.export_state())
+    out_arrays = {"param/" + k: v for k, v in plan.get_parameters().items()}
+    out_arrays.update(aux_arrays)
+    write_payload_file(Path(spec["reply_payload_path"]), out_arrays)
+    Path(spec["aux_out_path"]).write_bytes(aux_out.SerializeToString())
+    log.info(
+        "trained %d step(s) on %d samples in %.2f s, last loss %s",
+        result.n_steps,
+        result.n_samples,
+        time.perf_counter() - started,
+        f"{result.losses[-1]:.4f}" if result.losses else "n/a",
+    )
+    return {
+        "ok": True,
+        "n_samples": result.n_samples,
+        "n_steps": result.n_steps,
+        "losses": result.losses,
+        "metrics": result.metrics,
+        "train_seconds": result.seconds,
+    }
+
+
+def _error_result(exc: BaseException) -> dict[str, Any]:
+    frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    summary = "".join(frames[-TRACEBACK_FRAMES:]).strip()
+    kind = type(exc).__name__
+    if isinstance(exc, SystemExit):
+        message = f"the training plan called sys.exit({exc.code})"
+    elif isinstance(exc, MemoryError):
+        message = "the training plan ran out of memory (node memory limit reached)"
+    else:
+        message = str(exc) or kind
+    return {"ok": False, "kind": kind, "message": message, "traceback": summary}
+
+
+def main() -> int:
+    handler = _JsonLogHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # Warm-up: importing torch and the plan API before a task arrives is the point of
+    # starting this process ahead of time.
+    import common.optimizers.adapters  # noqa: F401
+    import common.training_plans  # noqa: F401
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    spec = json.loads(Path(line.strip()).read_text(encoding="utf-8"))
+    # Anything the plan prints goes to the log relay, never to our protocol channel.
+    sys.stdout = _StdoutToLog()
+    _limit_memory(spec.get("max_memory_mb"))
+    if spec.get("random_seed") is not None:
+        import torch
+
+        torch.manual_seed(int(spec["random_seed"]))
+    try:
+        result = run_task(spec)
+    except BaseException as exc:  # the plan is untrusted: any failure becomes a reply
+        result = _error_result(exc)
+    Path(spec["result_path"]).write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+class _StdoutToLog:
+    def write(self, text: str) -> int:
+        for line in text.rstrip("\n").splitlines():
+            if line.strip():
+                log.info("%s", line)
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stderr.flush()
+    # Interpreter teardown with torch loaded takes about a second; the result is already
+    # on disk, so skip it: the daemon is waiting for this exit to reply.
+    os._exit(code)

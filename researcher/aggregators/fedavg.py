@@ -1,0 +1,95 @@
+"""FedAverage: the sample-weighted mean of the nodes' parameters, accumulated as replies arrive."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from common.errors import RoundFailedError
+
+__all__ = ["Aggregator", "FedAverage"]
+
+
+class Aggregator:
+    """Base class: `start()`, then `add()` per reply, then `finish()` gives the new parameters.
+
+    Folding replies one at a time keeps memory at one accumulator, never one copy per node.
+    """
+
+    def start(self, template: Mapping[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def add(self, node_id: str, params: Mapping[str, np.ndarray], weight: float) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def aggregate(self, replies: Mapping[str, tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+        """Aggregate a whole round at once: node_id -> (params, weight)."""
+        first = next(iter(replies.values()))[0]
+        self.start(first)
+        for node_id, (params, weight) in replies.items():
+            self.add(node_id, params, weight)
+        return self.finish()
+
+    def get_state(self) -> dict[str, object]:
+        return {"class": type(self).__name__}
+
+    def set_state(self, state: Mapping[str, object]) -> None:
+        """Aggregators without state accept any saved state of their class."""
+
+
+class FedAverage(Aggregator):
+    """Weighted mean, weights = the nodes' training sample counts.
+
+    Sums run in float64 whatever the parameter dtype, then cast back, so the order in
+    which replies arrive changes the result by at most one float32 rounding.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, np.ndarray] = {}
+        self._dtypes: dict[str, np.dtype] = {}
+        self._total = 0.0
+        self._nodes: list[str] = []
+
+    def start(self, template: Mapping[str, np.ndarray]) -> None:
+        self._sums = {k: np.zeros(np.shape(v), dtype=np.float64) for k, v in template.items()}
+        self._dtypes = {k: np.asarray(v).dtype for k, v in template.items()}
+        self._total = 0.0
+        self._nodes = []
+
+    def add(self, node_id: str, params: Mapping[str, np.ndarray], weight: float) -> None:
+        if weight <= 0:
+            raise RoundFailedError(f"node {node_id} reported {weight} training samples; expected > 0")
+        if set(params) != set(self._sums):
+            raise RoundFailedError(
+                f"node {node_id} sent parameters {sorted(set(params) ^ set(self._sums))[:5]} that do "
+                "not match the global model"
+            )
+        for name, total in self._sums.items():
+            value = np.asarray(params[name])
+            if value.shape != total.shape:
+                raise RoundFailedError(
+                    f"node {node_id} sent {name!r} with shape {value.shape}, expected {total.shape}"
+                )
+            if not np.all(np.isfinite(value)):
+                raise RoundFailedError(
+                    f"node {node_id} sent non-finite values in {name!r}: lower its learning rate or check its data"
+                )
+            total += weight * value
+        self._total += weight
+        self._nodes.append(node_id)
+
+    def finish(self) -> dict[str, np.ndarray]:
+        if not self._nodes:
+            raise RoundFailedError("no node reply to aggregate")
+        return {k: (v / self._total).astype(self._dtypes[k]) for k, v in self._sums.items()}
+
+    def add_sums(self, sums: Mapping[str, np.ndarray], total_weight: float) -> None:
+        """Fold an already weighted sum (e.g. unmasked by SecAgg) instead of per-node values."""
+        for name, total in self._sums.items():
+            total += np.asarray(sums[name], dtype=np.float64).reshape(total.shape)
+        self._total += total_weight
+        self._nodes.append("<secure-sum>")

@@ -1,0 +1,5 @@
+"""Federated workflows: the Experiment class."""
+
+from researcher.federated_workflows.experiment import Experiment
+
+__all__ = ["Experiment"]

@@ -1,0 +1,507 @@
+"""Experiment: the researcher's handle on a federated training, in Fed-BioMed's style."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import ConfigurationError, NoMatchingNodesError, RoundFailedError
+from common.payload import encode_arrays
+from common.proto import fedloom_pb2 as pb
+from common.training_args import TrainingArgs
+from common.training_plans.base import BaseTrainingPlan
+from common.training_plans.source import plan_hash, plan_source
+from researcher.aggregators import Aggregator, FedAverage
+from researcher.history import MetricsLog, NodeRoundRecord, RoundRecord
+from researcher.node_directory import ConnectedNode
+from researcher.round import NodeReply, PlanInfo, RoundRequest, run_round
+from researcher.server import ResearcherServer, get_server
+from researcher.settings import runtime_settings
+from researcher.strategies import DefaultStrategy, Strategy
+
+__all__ = ["Experiment"]
+
+log = logging.getLogger(__name__)
+
+#: Prefixes of array names inside payloads: model parameters and aux-var arrays.
+PARAM_PREFIX = "param/"
+AUX_PREFIX = "aux/"
+
+#: Seconds to wait for more matching nodes once the strategy's minimum is connected, so
+#: nodes starting together all join round 1.
+SETTLE_SECONDS = 2.0
+
+
+class Experiment:
+    """A federated training: which nodes (by tags), which plan, how many rounds, how to aggregate.
+
+    Every constructor argument has a matching `set_*` method. `run()` trains until the
+    round limit; `aggregated_params()` gives round -> {"params": global parameters}.
+    """
+
+    def __init__(
+        self,
+        tags: Sequence[str] | str | None = None,
+        nodes: Sequence[str] | None = None,
+        training_data: Any = None,
+        training_plan_class: type[BaseTrainingPlan] | None = None,
+        training_args: Mapping[str, Any] | TrainingArgs | None = None,
+        model_args: Mapping[str, Any] | None = None,
+        round_limit: int | None = None,
+        aggregator: Aggregator | None = None,
+        agg_optimizer: Any = None,
+        node_selection_strategy: Strategy | None = None,
+        secagg: Any = False,
+        experimentation_folder: str | Path | None = None,
+        node_wait_timeout: float = 60.0,
+        retain_node_params: bool = True,
+    ) -> None:
+        self._id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self._tags: list[str] = []
+        self._nodes: list[str] | None = None
+        self._plan_class: type[BaseTrainingPlan] | None = None
+        self._plan: BaseTrainingPlan | None = None
+        self._plan_info: PlanInfo | None = None
+        self._training_args = TrainingArgs()
+        self._model_args: dict[str, Any] = {}
+        self._round_limit: int | None = None
+        self._aggregator: Aggregator = FedAverage()
+        self._agg_optimizer: Any = None
+        self._researcher_optimizer: Any = None
+        self._strategy: Strategy = DefaultStrategy()
+        self._secagg: Any = None
+        self._folder: Path | None = None
+        self._node_wait_timeout = node_wait_timeout
+        self._retain_node_params = retain_node_params
+        self._round = 0
+        self._global_params: dict[str, np.ndarray] | None = None
+        self._aggregated: dict[int, dict[str, Any]] = {}
+        self._replies: dict[int, dict[str, dict[str, Any]]] = {}
+        self._history: list[RoundRecord] = []
+        self._server: ResearcherServer | None = None
+
+        self.set_tags(tags)
+        self.set_nodes(nodes)
+        self.set_training_data(training_data, from_tags=True)
+        self.set_training_args(training_args)
+        self.set_model_args(model_args)
+        if training_plan_class is not None:
+            self.set_training_plan_class(training_plan_class)
+        self.set_round_limit(round_limit)
+        self.set_aggregator(aggregator)
+        self.set_strategy(node_selection_strategy)
+        self.set_agg_optimizer(agg_optimizer)
+        self.set_secagg(secagg)
+        self.set_experimentation_folder(experimentation_folder)
+
+    # -- configuration --------------------------------------------------------------------
+    def set_tags(self, tags: Sequence[str] | str | None) -> list[str]:
+        """Tags a node's dataset must all carry to take part."""
+        if tags is None:
+            self._tags = []
+        elif isinstance(tags, str):
+            self._tags = [tags]
+        else:
+            if not all(isinstance(t, str) for t in tags):
+                raise ConfigurationError(f"tags must be strings, got {list(tags)!r}")
+            self._tags = list(tags)
+        return self._tags
+
+    def set_nodes(self, nodes: Sequence[str] | None) -> list[str] | None:
+        """Restrict the experiment to these node ids (None: any node holding the tags)."""
+        self._nodes = None if nodes is None else list(nodes)
+        return self._nodes
+
+    def set_training_data(self, training_data: Any = None, from_tags: bool = True) -> None:
+        """Accepted for Fed-BioMed compatibility: datasets are always found from the tags."""
+        if training_data is not None or not from_tags:
+            raise ConfigurationError(
+                "fedloom finds datasets from tags: call set_training_data(None, from_tags=True) "
+                "or simply set_tags([...])"
+            )
+
+    def set_training_plan_class(self, training_plan_class: type[BaseTrainingPlan]) -> type[BaseTrainingPlan]:
+        """The plan class; its source is sent to the nodes."""
+        if not (isinstance(training_plan_class, type) and issubclass(training_plan_class, BaseTrainingPlan)):
+            raise ConfigurationError(
+                f"training_plan_class must be a subclass of TorchTrainingPlan, FedSGDClassifier or "
+                f"FedSGDRegressor, got {training_plan_class!r}"
+            )
+        self._plan_class = training_plan_class
+        self._plan = None
+        self._plan_info = None
+        return training_plan_class
+
+    def set_training_args(self, training_args: Mapping[str, Any] | TrainingArgs | None) -> dict[str, Any]:
+        self._training_args = TrainingArgs.from_dict(training_args)
+        return self._training_args.to_dict()
+
+    def set_model_args(self, model_args: Mapping[str, Any] | None) -> dict[str, Any]:
+        model_args = dict(model_args or {})
+        try:
+            json.dumps(model_args)
+        except TypeError as exc:
+            raise ConfigurationError(f"model_args must be JSON-serialisable (numbers, strings, lists): {exc}") from exc
+        self._model_args = model_args
+        return model_args
+
+    def set_round_limit(self, round_limit: int | None) -> int | None:
+        if round_limit is not None and (not isinstance(round_limit, int) or round_limit < 0):
+            raise ConfigurationError(f"round_limit must be a non-negative integer or None, got {round_limit!r}")
+        self._round_limit = round_limit
+        return round_limit
+
+    def set_aggregator(self, aggregator: Aggregator | None) -> Aggregator:
+        if aggregator is None:
+            aggregator = FedAverage()
+        if not isinstance(aggregator, Aggregator):
+            raise ConfigurationError(f"aggregator must be e.g. FedAverage(), got {aggregator!r}")
+        self._aggregator = aggregator
+        return aggregator
+
+    def set_agg_optimizer(self, agg_optimizer: Any) -> Any:
+        """A researcher-side `Optimizer` stepping on the pseudo-gradient (FedOpt), or None."""
+        if agg_optimizer is None:
+            self._agg_optimizer = self._researcher_optimizer = None
+            return None
+        from common.optimizers.optimizer import Optimizer
+        from researcher.optimization import ResearcherOptimizer
+
+        if not isinstance(agg_optimizer, Optimizer):
+            raise ConfigurationError(
+                f"agg_optimizer must be a common.optimizers.optimizer.Optimizer (declearn-based), got "
+                f"{type(agg_optimizer).__name__}: framework-native optimizers cannot run on the researcher"
+            )
+        self._agg_optimizer = agg_optimizer
+        self._researcher_optimizer = ResearcherOptimizer(agg_optimizer)
+        return agg_optimizer
+
+    def set_strategy(self, node_selection_strategy: Strategy | None) -> Strategy:
+        if node_selection_strategy is None:
+            node_selection_strategy = DefaultStrategy()
+        if not isinstance(node_selection_strategy, Strategy):
+            raise ConfigurationError(f"node_selection_strategy must be e.g. DefaultStrategy(), got {node_selection_strategy!r}")
+        self._strategy = node_selection_strategy
+        return node_selection_strategy
+
+    def set_secagg(self, secagg: Any) -> Any:
+        """True, False, or a `common.secagg.SecureAggregation` with its settings."""
+        if secagg is False or secagg is None:
+            self._secagg = None
+        else:
+            from common.secagg import SecureAggregation
+
+            if secagg is True:
+                secagg = SecureAggregation()
+            if not isinstance(secagg, SecureAggregation):
+                raise ConfigurationError(f"secagg must be True, False or SecureAggregation(...), got {secagg!r}")
+            self._secagg = secagg
+        return self._secagg
+
+    def set_experimentation_folder(self, folder: str | Path | None) -> Path:
+        """Where metrics, checkpoints and the final model go (default: <out>/<experiment id>)."""
+        self._folder = Path(folder) if folder is not None else runtime_settings().out_dir / self._id
+        return self._folder
+
+    # -- accessors ------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def experimentation_folder(self) -> Path:
+        assert self._folder is not None
+        return self._folder
+
+    def tags(self) -> list[str]:
+        return list(self._tags)
+
+    def round_current(self) -> int:
+        return self._round
+
+    def round_limit(self) -> int | None:
+        return self._round_limit
+
+    def training_args(self) -> dict[str, Any]:
+        return self._training_args.to_dict()
+
+    def model_args(self) -> dict[str, Any]:
+        return dict(self._model_args)
+
+    def aggregator(self) -> Aggregator:
+        return self._aggregator
+
+    def agg_optimizer(self) -> Any:
+        return self._agg_optimizer
+
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    def secagg(self) -> Any:
+        return self._secagg
+
+    def aggregated_params(self) -> dict[int, dict[str, Any]]:
+        """round -> {"params": global parameters after that round}."""
+        return self._aggregated
+
+    def training_replies(self) -> dict[int, dict[str, dict[str, Any]]]:
+        """round -> node_id -> {"params", "sample_size", "metrics", "timing", "node_name", "loss"}."""
+        return self._replies
+
+    def metrics_history(self) -> list[RoundRecord]:
+        return list(self._history)
+
+    def training_plan(self) -> BaseTrainingPlan:
+        """The plan instance, its model holding the latest global parameters."""
+        return self._ensure_plan()
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, rounds: int | None = None, increase: bool = False) -> int:
+        """Run `rounds` rounds (default: up to the round limit); returns how many ran.
+
+        With `increase=True` the round limit grows to allow the requested rounds.
+        """
+        if rounds is None:
+            if self._round_limit is None:
+                raise ConfigurationError("set a round limit (set_round_limit(n)) or call run(rounds=n)")
+            rounds = self._round_limit - self._round
+        elif not isinstance(rounds, int) or rounds < 1:
+            raise ConfigurationError(f"rounds must be a positive integer, got {rounds!r}")
+        if self._round_limit is not None and self._round + rounds > self._round_limit:
+            if not increase:
+                allowed = self._round_limit - self._round
+                log.warning(
+                    "only %d round(s) left before the round limit %d; pass increase=True to go further",
+                    allowed,
+                    self._round_limit,
+                )
+                rounds = allowed
+            else:
+                self._round_limit = self._round + rounds
+        done = 0
+        for _ in range(max(rounds, 0)):
+            self._run_round()
+            done += 1
+        if done:
+            self._save_final()
+        return done
+
+    def run_once(self, increase: bool = False) -> int:
+        """Run a single round."""
+        return self.run(rounds=1, increase=increase)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _ensure_plan(self) -> BaseTrainingPlan:
+        if self._plan is None:
+            if self._plan_class is None:
+                raise ConfigurationError("no training plan: call set_training_plan_class(MyPlan) first")
+            plan = self._plan_class()
+            plan.post_init(self._model_args, self._training_args)
+            self._plan = plan
+            if self._global_params is None:
+                self._global_params = plan.get_parameters()
+            else:
+                plan.set_parameters(self._global_params)
+        return self._plan
+
+    def _plan_payload_info(self) -> PlanInfo:
+        if self._plan_info is None:
+            assert self._plan_class is not None
+            source = plan_source(self._plan_class)
+            self._plan_info = PlanInfo(self._plan_class.__name__, source, plan_hash(source))
+        return self._plan_info
+
+    def _check_configuration(self) -> None:
+        plan = self._ensure_plan()
+        if self._researcher_optimizer is not None:
+            import torch
+
+            native = isinstance(getattr(plan, "optimizer", lambda: None)(), torch.optim.Optimizer)
+            self._researcher_optimizer.check_compatibility(plan.optimizer_spec(), native)
+
+    def _wait_for_nodes(self, server: ResearcherServer) -> list[ConnectedNode]:
+        def eligible() -> list[ConnectedNode]:
+            nodes = server.directory.matching(self._tags)
+            if self._nodes is not None:
+                nodes = [n for n in nodes if n.node_id in self._nodes]
+            return nodes
+
+        needed = self._strategy.min_nodes if self._nodes is None else len(self._nodes)
+        if len(eligible()) < needed:
+            log.info(
+                "waiting up to %.0f s for %d node(s) holding tags %s to connect on %s",
+                self._node_wait_timeout,
+                needed,
+                self._tags,
+                server.address,
+            )
+            server.directory.wait_until(lambda: len(eligible()) >= needed, self._node_wait_timeout)
+            if self._round == 0 and eligible():
+                time.sleep(SETTLE_SECONDS)
+        nodes = eligible()
+        if not nodes:
+            connected = server.directory.connected()
+            described = "; ".join(
+                f"{n.label}: " + (", ".join(f"{d.name} {list(d.tags)}" for d in n.datasets) or "no datasets")
+                for n in connected
+            )
+            raise NoMatchingNodesError(
+                f"no connected node holds a dataset with all tags {self._tags}"
+                + (f" among nodes {self._nodes}" if self._nodes else "")
+                + (f". Connected nodes: {described}" if connected else f". No node is connected to {server.address}")
+                + ". Register a dataset with these tags on a node (fedloom node dataset add --tags ...) "
+                "or change the experiment's tags."
+            )
+        return nodes
+
+    def _global_payload(self, node_ids: Sequence[str]) -> tuple[Any, pb.AuxVars]:
+        assert self._global_params is not None
+        arrays = {PARAM_PREFIX + k: v for k, v in self._global_params.items()}
+        aux_msg = pb.AuxVars()
+        if self._researcher_optimizer is not None:
+            from common.optimizers.aux_codec import encode_aux_vars
+
+            aux = self._researcher_optimizer.collect_aux_var_for(list(node_ids))
+            if aux:
+                aux_msg, aux_arrays = encode_aux_vars(aux, prefix=AUX_PREFIX.rstrip("/"))
+                arrays.update(aux_arrays)
+        return encode_arrays(arrays), aux_msg
+
+    def _run_round(self) -> None:
+        self._check_configuration()
+        self._server = get_server()
+        server = self._server
+        nodes = self._wait_for_nodes(server)
+        round_number = self._round + 1
+        selected_ids = self._strategy.select([n.node_id for n in nodes], round_number)
+        selected = [n for n in nodes if n.node_id in selected_ids]
+        payload, aux_msg = self._global_payload(selected_ids)
+        assert self._global_params is not None
+        log.info(
+            "round %d/%s: training on %d node(s): %s",
+            round_number,
+            self._round_limit if self._round_limit is not None else "?",
+            len(selected),
+            ", ".join(n.name for n in selected),
+        )
+        request = RoundRequest(
+            experiment_id=self._id,
+            round_number=round_number,
+            plan=self._plan_payload_info(),
+            global_payload=payload,
+            aux_vars=aux_msg,
+            training_args_json=self._training_args.to_json(),
+            model_args_json=json.dumps(self._model_args),
+            datasets={n.node_id: n.matching_dataset(self._tags).name for n in selected},  # type: ignore[union-attr]
+            timeout=self._training_args.round_timeout,
+        )
+        record = RoundRecord(round=round_number)
+        replies: dict[str, dict[str, Any]] = {}
+        aux_sum: dict[str, Any] = {}
+        self._aggregator.start(self._global_params)
+
+        def on_reply(reply: NodeReply) -> None:
+            params = {k[len(PARAM_PREFIX) :]: v for k, v in reply.arrays.items() if k.startswith(PARAM_PREFIX)}
+            self._aggregator.add(reply.node_id, params, float(reply.n_samples))
+            if reply.aux_vars.items:
+                self._fold_aux_vars(aux_sum, reply)
+            loss = float(np.mean(reply.losses)) if reply.losses else None
+            record.nodes.append(
+                NodeRoundRecord(
+                    round=round_number,
+                    node=reply.node_id,
+                    node_name=reply.node_name,
+                    n_samples=reply.n_samples,
+                    loss=loss,
+                    metrics=reply.metrics,
+                    train_seconds=reply.train_seconds,
+                    n_steps=reply.n_steps,
+                )
+            )
+            replies[reply.node_id] = {
+                "node_name": reply.node_name,
+                "sample_size": reply.n_samples,
+                "metrics": reply.metrics,
+                "loss": loss,
+                "losses": reply.losses,
+                "timing": {"train_seconds": reply.train_seconds},
+                "params": params if self._retain_node_params else None,
+            }
+            log.info("round %d: %s answered, %d samples, loss %s", round_number, reply.node_name, reply.n_samples, _fmt(loss))
+
+        outcome = run_round(server, request, selected, on_reply)
+        record.failures = outcome.failures
+        record.seconds = outcome.seconds
+        self._strategy.check_answers(outcome.answered, outcome.failures)
+        aggregated = self._aggregator.finish()
+        new_params = self._apply_agg_optimizer(aggregated, aux_sum)
+        self._commit_round(round_number, new_params, replies, record)
+
+    def _fold_aux_vars(self, aux_sum: dict[str, Any], reply: NodeReply) -> None:
+        from common.optimizers.aux_codec import decode_aux_vars
+
+        aux = decode_aux_vars(reply.aux_vars, reply.arrays, "numpy")
+        for module, value in aux.items():
+            aux_sum[module] = value if module not in aux_sum else aux_sum[module] + value
+
+    def _apply_agg_optimizer(self, aggregated: dict[str, np.ndarray], aux_sum: dict[str, Any]) -> dict[str, np.ndarray]:
+        if self._researcher_optimizer is None:
+            if aux_sum:
+                raise RoundFailedError(
+                    f"nodes sent auxiliary variables for {sorted(aux_sum)} but the experiment has no "
+                    "agg_optimizer to use them: set agg_optimizer=Optimizer(..., modules=[ScaffoldServerModule()])"
+                )
+            return aggregated
+        assert self._global_params is not None
+        plan = self._ensure_plan()
+        trainable = set(plan.trainable_parameter_names())
+        g_train = {k: v for k, v in self._global_params.items() if k in trainable}
+        a_train = {k: v for k, v in aggregated.items() if k in trainable}
+        stepped = self._researcher_optimizer.step(g_train, a_train, aux_sum or None)
+        return {k: (stepped[k] if k in trainable else v) for k, v in aggregated.items()}
+
+    def _commit_round(
+        self,
+        round_number: int,
+        new_params: dict[str, np.ndarray],
+        replies: dict[str, dict[str, Any]],
+        record: RoundRecord,
+    ) -> None:
+        self._global_params = new_params
+        self._round = round_number
+        if self._plan is not None:
+            self._plan.set_parameters(new_params)
+        self._aggregated[round_number] = {"params": new_params}
+        self._replies[round_number] = replies
+        self._history.append(record)
+        MetricsLog(self.experimentation_folder() / "metrics.jsonl").append(record)
+        answered = len(record.nodes)
+        total = answered + len(record.failures)
+        log.info(
+            "round %d done: %d/%d node(s) answered, mean training loss %s, %.2f s",
+            round_number,
+            answered,
+            total,
+            _fmt(record.mean_loss),
+            record.seconds,
+        )
+
+    def _save_final(self) -> None:
+        folder = self.experimentation_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        assert self._global_params is not None
+        path = folder / "final_params.npz"
+        tmp = folder / "final_params.tmp.npz"
+        np.savez(tmp, **self._global_params)
+        tmp.replace(path)
+        log.info("final global parameters written to %s; metrics in %s", path, folder / "metrics.jsonl")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

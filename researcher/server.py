@@ -1,0 +1,106 @@
+"""The researcher's gRPC server: where nodes connect, started once per researcher process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from common.grpc_options import server_options
+from common.proto import fedloom_pb2_grpc as pb_grpc
+from researcher.node_directory import NodeDirectory
+from researcher.payload_store import PayloadStore
+from researcher.servicer import FederationServicer, NodeAuthenticator, allow_any_node
+
+__all__ = ["ResearcherServer", "get_server", "shutdown_server"]
+
+log = logging.getLogger(__name__)
+
+#: Worker threads: each connected node permanently holds one for its control stream and
+#: one for its reader, plus one per concurrent download/upload. 256 serves ~100 nodes.
+MAX_WORKERS = 256
+
+
+class ResearcherServer:
+    """Hosts the Federation service on `address` and owns the node directory."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+        authenticate: NodeAuthenticator = allow_any_node,
+    ) -> None:
+        self.address = address
+        self.researcher_id = f"researcher-{uuid.uuid4().hex[:12]}"
+        self.directory = NodeDirectory()
+        self.payloads = PayloadStore()
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="grpc"),
+            options=server_options(),
+            maximum_concurrent_rpcs=None,
+        )
+        servicer = FederationServicer(self.directory, self.payloads, self.researcher_id, authenticate)
+        pb_grpc.add_FederationServicer_to_server(servicer, self._server)
+        try:
+            if credentials is None:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                self.port = self._server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise OSError(
+                f"cannot listen on {address}: {exc}; is another researcher using this port? "
+                "Pass --address HOST:PORT with a free port"
+            ) from exc
+        if self.port == 0:
+            raise OSError(
+                f"cannot listen on {address}: the port is taken or the host is not local; "
+                "pass --address HOST:PORT with a free port"
+            )
+        self._started = False
+
+    def start(self) -> ResearcherServer:
+        if not self._started:
+            self._server.start()
+            self._started = True
+            log.info("researcher listening on %s", self.address)
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self._started:
+            for node in self.directory.connected():
+                node.outbox.put(None)
+            self._server.stop(grace).wait()
+            self._started = False
+
+
+_server: ResearcherServer | None = None
+_server_lock = threading.Lock()
+
+
+def get_server() -> ResearcherServer:
+    """The process-wide server, started on first use with the runtime settings."""
+    global _server
+    with _server_lock:
+        if _server is None:
+            from researcher.settings import runtime_settings
+
+            settings = runtime_settings()
+            _server = ResearcherServer(
+                settings.address,
+                credentials=settings.server_credentials(),
+                authenticate=settings.authenticator(),
+            ).start()
+        return _server
+
+
+def shutdown_server() -> None:
+    """Stop the process-wide server (used at exit and by tests)."""
+    global _server
+    with _server_lock:
+        if _server is not None:
+            _server.stop()
+            _server = None
