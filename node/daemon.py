@@ -309,11 +309,6 @@ def run_node(
     except FedloomError as exc:
         log.error("%s", exc)
         return 2
-    if allow_unapproved:
-        log.warning(
-            "--allow-unapproved: this node will run ANY training plan the researcher sends, "
-            "without operator approval. Use only for local development."
-        )
     daemon = NodeDaemon(
         home,
         researcher,

@@ -17,7 +17,7 @@ from common.errors import DatasetError, FedloomError, PlanError
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 from common.training_args import TrainingArgs
-from common.training_plans.source import plan_hash
+from common.plan_hash import plan_hash
 from node.executor import TaskExecutor
 from node.home import NodeHome
 from node.plans import PlanRegistry

@@ -2,35 +2,37 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import textwrap
 
 from common.errors import PlanError
+from common.plan_hash import canonical_source, plan_hash
 
 __all__ = ["canonical_source", "plan_hash", "plan_source"]
 
 
-def canonical_source(source: str) -> str:
-    """Normalise line endings and trailing whitespace so the hash ignores editor noise."""
-    lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return "\n".join(line.rstrip() for line in lines).strip("\n") + "\n"
-
-
-def plan_hash(source: str) -> str:
-    """SHA-256 (hex) of the canonical source."""
-    return hashlib.sha256(canonical_source(source).encode("utf-8")).hexdigest()
-
-
 def plan_source(plan_class: type) -> str:
-    """The module the node runs: the plan's dependencies, the base-class import, then the class."""
-    try:
-        body = textwrap.dedent(inspect.getsource(plan_class))
-    except (OSError, TypeError) as exc:
-        raise PlanError(
-            f"cannot read the source of training plan {plan_class.__name__}: define it in a "
-            "Python file (not an interactive prompt) so it can be sent to the nodes"
-        ) from exc
+    """The module the node runs: the plan's dependencies, the base-class import, then the class.
+
+    User-written base classes of the plan (between it and the fedloom base) are sent too,
+    parents first, so a plan may specialise another plan of the researcher's.
+    """
+    user_classes = [
+        cls
+        for cls in reversed(plan_class.__mro__)
+        if isinstance(cls, type) and cls is not object and not cls.__module__.startswith("common.")
+        and any(b.__module__.startswith("common.training_plans") for b in cls.__mro__)
+    ]
+    bodies = []
+    for cls in user_classes:
+        try:
+            bodies.append(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError) as exc:
+            raise PlanError(
+                f"cannot read the source of training plan {cls.__name__}: define it in a "
+                "Python file (not an interactive prompt) so it can be sent to the nodes"
+            ) from exc
+    body = "\n\n".join(bodies)
     try:
         deps = list(plan_class().init_dependencies())
     except Exception as exc:

@@ -438,7 +438,10 @@ class Experiment:
         outcome = run_round(server, request, selected, on_reply)
         record.failures = outcome.failures
         record.seconds = outcome.seconds
-        self._strategy.check_answers(outcome.answered, outcome.failures)
+        labels = {n.node_id: n.label for n in selected}
+        self._strategy.check_answers(
+            outcome.answered, {labels.get(k, k): v for k, v in outcome.failures.items()}
+        )
         aggregated = self._aggregator.finish()
         new_params = self._apply_agg_optimizer(aggregated, aux_sum)
         self._commit_round(round_number, new_params, replies, record)

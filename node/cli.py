@@ -1,0 +1,486 @@
+"""The ``fedloom node`` command: node home, datasets, training-plan approval, daemon start.
+
+``register(subparsers)`` adds the command to the ``fedloom`` parser; ``main(argv)`` runs
+it standalone (``python -m node.cli node --home DIR dataset list``). Every sub-command is
+one function ``(args) -> int``: 0 on success, 1 when a check finds a problem (``dataset
+verify``), 2 on an error, reported as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from common.errors import ConfigurationError, FedloomError
+from node.datasets import DATA_TYPES
+from node.home import DEFAULT_HOME, HOME_ENV_VAR, NodeHome
+from node.plans import PlanRecord, PlanRegistry
+from node.registry import DatasetRecord, DatasetRegistry
+
+__all__ = ["main", "register"]
+
+logger = logging.getLogger(__name__)
+
+#: Exit code of a command that failed (bad input, missing home...), as argparse uses.
+EXIT_ERROR = 2
+#: Exit code of a check that ran and found a problem (a changed dataset).
+EXIT_CHECK_FAILED = 1
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _command(func: Command) -> Command:
+    """Turn fedloom errors (and OS errors) into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except FedloomError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            sys.stderr.write(f"error: {exc.strerror or exc}{where}\n")
+        return EXIT_ERROR
+
+    return run
+
+
+def _console() -> Console:
+    # Built per call so output goes to whatever sys.stdout is now (tests swap it).
+    return Console(highlight=False)
+
+
+def _write_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _home_path(args: argparse.Namespace) -> Path:
+    if args.home is not None:
+        return Path(args.home)
+    return Path(os.environ.get(HOME_ENV_VAR) or DEFAULT_HOME)
+
+
+def _home(args: argparse.Namespace) -> NodeHome:
+    return NodeHome.open(_home_path(args))
+
+
+def _split_tags(text: str) -> list[str]:
+    return text.split(",")
+
+
+# ------------------------------------------------------------------- init
+
+
+@_command
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create a node home."""
+    home = NodeHome(_home_path(args)).init(args.name)
+    console = _console()
+    console.print(f"Initialised node home {home.path}", markup=False, soft_wrap=True)
+    console.print(
+        f"  node id: {home.node_id}\n  name:    {home.name}", markup=False, soft_wrap=True
+    )
+    console.print(
+        "Next: `fedloom node dataset add ...`, then `fedloom node start`.",
+        markup=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+# --------------------------------------------------------------- datasets
+
+
+def _datasets_table(records: Sequence[DatasetRecord]) -> Table:
+    table = Table(title="Datasets")
+    for column in ("Name", "Tags", "Type", "Samples", "Shape", "Target", "Added"):
+        # Short fixed-format cells stay on one line; free text folds.
+        table.add_column(column, overflow="fold", no_wrap=column in ("Type", "Shape", "Added"))
+    for r in records:
+        table.add_row(
+            r.name,
+            ", ".join(r.tags),
+            r.data_type,
+            str(r.n_samples),
+            "x".join(str(n) for n in r.shape),
+            r.target or "",
+            r.added_at,
+        )
+    return table
+
+
+def _dataset_details(record: DatasetRecord) -> Table:
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    exists = Path(record.path).exists()
+    rows = [
+        ("name", record.name),
+        ("tags", ", ".join(record.tags)),
+        ("path", record.path + ("" if exists else "  (MISSING)")),
+        ("type", record.data_type),
+        ("samples", str(record.n_samples)),
+        ("shape", "x".join(str(n) for n in record.shape)),
+        ("classes" if record.data_type == "images" else "columns", ", ".join(record.columns)),
+        ("target", record.target or ""),
+        ("sha256", record.sha256),
+        ("added", record.added_at),
+        ("description", record.description),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+@_command
+def cmd_dataset_add(args: argparse.Namespace) -> int:
+    """Register a dataset under tags."""
+    registry = DatasetRegistry(_home(args).db_path)
+    tags = _split_tags(args.tags)
+    record = registry.add(
+        args.name,
+        tags,
+        args.path,
+        data_type=args.type,
+        target=args.target,
+        description=args.description,
+    )
+    if args.json:
+        _write_json(record.to_dict())
+        return 0
+    console = _console()
+    console.print(
+        f"Registered {record.name}: {record.data_type}, {record.n_samples} samples, "
+        f"shape {record.shape}, tags {', '.join(record.tags)}",
+        markup=False,
+        soft_wrap=True,
+    )
+    overlapping = [
+        other.name
+        for other in registry.list()
+        if other.name != record.name
+        and (set(other.tags) <= set(record.tags) or set(record.tags) <= set(other.tags))
+    ]
+    if overlapping:
+        console.print(
+            f"Note: a researcher asking for tags {', '.join(record.tags)} may also match "
+            f"{', '.join(overlapping)}; distinct tags avoid the ambiguity.",
+            markup=False,
+            soft_wrap=True,
+        )
+    return 0
+
+
+@_command
+def cmd_dataset_list(args: argparse.Namespace) -> int:
+    """List registered datasets."""
+    records = DatasetRegistry(_home(args).db_path).list()
+    if args.json:
+        _write_json([r.to_dict() for r in records])
+    elif not records:
+        _console().print("No dataset registered: add one with `fedloom node dataset add`.")
+    else:
+        _console().print(_datasets_table(records))
+    return 0
+
+
+@_command
+def cmd_dataset_show(args: argparse.Namespace) -> int:
+    """Show one dataset."""
+    record = DatasetRegistry(_home(args).db_path).get(args.name)
+    if args.json:
+        _write_json({**record.to_dict(), "path_exists": Path(record.path).exists()})
+    else:
+        _console().print(_dataset_details(record))
+    return 0
+
+
+@_command
+def cmd_dataset_remove(args: argparse.Namespace) -> int:
+    """Unregister a dataset (its files stay where they are)."""
+    record = DatasetRegistry(_home(args).db_path).remove(args.name)
+    _console().print(
+        f"Removed dataset {record.name} from the registry; {record.path} was left untouched.",
+        markup=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+@_command
+def cmd_dataset_verify(args: argparse.Namespace) -> int:
+    """Re-hash datasets and report those that changed since registration."""
+    registry = DatasetRegistry(_home(args).db_path)
+    names = args.names or [r.name for r in registry.list()]
+    results = [registry.verify(name) for name in names]
+    if args.json:
+        _write_json(
+            [
+                {
+                    "name": r.name,
+                    "ok": r.ok,
+                    "expected_sha256": r.expected_sha256,
+                    "actual_sha256": r.actual_sha256,
+                    "problems": list(r.problems),
+                }
+                for r in results
+            ]
+        )
+    else:
+        console = _console()
+        for r in results:
+            if r.ok:
+                console.print(f"{r.name}: unchanged", markup=False, soft_wrap=True)
+            for problem in r.problems:
+                console.print(f"{r.name}: CHANGED: {problem}", markup=False, soft_wrap=True)
+    return 0 if all(r.ok for r in results) else EXIT_CHECK_FAILED
+
+
+# ------------------------------------------------------------------ plans
+
+
+def _plans_table(records: Sequence[PlanRecord]) -> Table:
+    table = Table(title="Training plans")
+    for column in ("Id", "Class", "Status", "Researcher", "Requested", "Decided"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("Id", "Status", "Requested"))
+    for r in records:
+        table.add_row(
+            r.plan_id, r.class_name, r.status, r.researcher, r.requested_at, r.decided_at or ""
+        )
+    return table
+
+
+@_command
+def cmd_plan_list(args: argparse.Namespace) -> int:
+    """List training plans seen by this node."""
+    records = PlanRegistry(_home(args).db_path).list(args.status)
+    if args.json:
+        _write_json([r.to_dict(with_source=False) for r in records])
+    elif not records:
+        _console().print("No training plan has been requested yet.")
+    else:
+        _console().print(_plans_table(records))
+    return 0
+
+
+@_command
+def cmd_plan_show(args: argparse.Namespace) -> int:
+    """Print a plan's details and source."""
+    record = PlanRegistry(_home(args).db_path).get(args.id)
+    if args.json:
+        _write_json(record.to_dict())
+        return 0
+    console = _console()
+    console.print(
+        f"plan {record.plan_id}  class {record.class_name}  status {record.status}\n"
+        f"sha256 {record.sha256}\n"
+        f"requested {record.requested_at} by {record.researcher}"
+        + (f", decided {record.decided_at}" if record.decided_at else ""),
+        markup=False,
+        soft_wrap=True,
+    )
+    if console.is_terminal:
+        console.print(Syntax(record.source, "python", line_numbers=True))
+    else:
+        sys.stdout.write("\n" + record.source)
+    return 0
+
+
+def _decide(args: argparse.Namespace, approve: bool) -> int:
+    registry = PlanRegistry(_home(args).db_path)
+    record = registry.approve(args.id) if approve else registry.reject(args.id)
+    _console().print(
+        f"Plan {record.plan_id} ({record.class_name}) is now {record.status}.",
+        markup=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+@_command
+def cmd_plan_approve(args: argparse.Namespace) -> int:
+    """Allow a training plan to run on this node."""
+    return _decide(args, approve=True)
+
+
+@_command
+def cmd_plan_reject(args: argparse.Namespace) -> int:
+    """Forbid a training plan on this node."""
+    return _decide(args, approve=False)
+
+
+# ------------------------------------------------------------------ start
+
+
+def _tls_files(args: argparse.Namespace) -> dict[str, str | None] | None:
+    """Validated TLS file paths for the daemon, or None for a plain-text channel."""
+    given = {"ca": args.ca, "cert": args.cert, "key": args.key}
+    if args.insecure:
+        if any(given.values()):
+            raise ConfigurationError(
+                "--insecure turns TLS off, but --ca/--cert/--key were given: pass one or the other"
+            )
+        return None
+    if (args.cert is None) != (args.key is None):
+        raise ConfigurationError(
+            "--cert and --key go together (the node's client certificate and its private key)"
+        )
+    tls: dict[str, str | None] = {}
+    for option, value in given.items():
+        if value is not None and not Path(value).is_file():
+            raise ConfigurationError(f"--{option} file {value} does not exist")
+        tls[option] = str(Path(value).absolute()) if value is not None else None
+    return tls
+
+
+@_command
+def cmd_start(args: argparse.Namespace) -> int:
+    """Run the node daemon until interrupted."""
+    if args.task_timeout is not None and args.task_timeout <= 0:
+        raise ConfigurationError("--task-timeout must be a positive number of seconds")
+    if args.max_memory_mb is not None and args.max_memory_mb <= 0:
+        raise ConfigurationError("--max-memory-mb must be a positive number of megabytes")
+    home = _home(args)
+    tls = _tls_files(args)
+    researcher = args.researcher or home.researcher_address
+    if args.allow_unapproved:
+        logger.warning(
+            "--allow-unapproved: node %s will run ANY training plan a researcher sends, "
+            "without operator approval. Use this only for local tests and demos.",
+            home.node_id,
+        )
+    if args.insecure:
+        logger.warning("--insecure: the channel to %s is not encrypted", researcher)
+    # Imported here: the daemon pulls in gRPC and torch, which other commands do not need.
+    from node.daemon import run_node
+
+    return run_node(
+        home,
+        researcher,
+        allow_unapproved=args.allow_unapproved,
+        insecure=args.insecure,
+        tls=tls,
+        task_timeout=args.task_timeout,
+        max_memory_mb=args.max_memory_mb,
+    )
+
+
+# ----------------------------------------------------------------- parser
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Add the ``node`` command and its sub-commands to the ``fedloom`` parser."""
+    node = subparsers.add_parser("node", help="run and manage a fedloom node")
+    node.add_argument(
+        "--home",
+        default=None,
+        help=f"node home directory (default: ${HOME_ENV_VAR}, else ./{DEFAULT_HOME})",
+    )
+    commands = node.add_subparsers(dest="node_command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="create the node home (id, keys, registry)")
+    init.add_argument("--name", help="human-readable node name (default: the node id)")
+    init.set_defaults(func=cmd_init)
+
+    dataset = commands.add_parser("dataset", help="register and manage datasets")
+    dataset_commands = dataset.add_subparsers(
+        dest="dataset_command", required=True, metavar="ACTION"
+    )
+    add = dataset_commands.add_parser("add", help="register a dataset under tags")
+    add.add_argument("--name", required=True, help="unique dataset name")
+    add.add_argument("--tags", required=True, help="comma-separated tags, e.g. '#heart,#csv'")
+    add.add_argument("--path", required=True, help="file or image folder on this node")
+    add.add_argument("--type", choices=DATA_TYPES, help="dataset type (default: from extension)")
+    add.add_argument("--target", help="target column (csv) or array name (npz)")
+    add.add_argument("--description", default="", help="free text shown to the operator")
+    _add_json(add)
+    add.set_defaults(func=cmd_dataset_add)
+    listing = dataset_commands.add_parser("list", help="list registered datasets")
+    _add_json(listing)
+    listing.set_defaults(func=cmd_dataset_list)
+    show = dataset_commands.add_parser("show", help="show one dataset")
+    show.add_argument("name")
+    _add_json(show)
+    show.set_defaults(func=cmd_dataset_show)
+    remove = dataset_commands.add_parser("remove", help="unregister a dataset (files are kept)")
+    remove.add_argument("name")
+    remove.set_defaults(func=cmd_dataset_remove)
+    check = dataset_commands.add_parser(
+        "verify", help="re-hash datasets; exit 1 if any changed since registration"
+    )
+    check.add_argument("names", nargs="*", metavar="NAME", help="datasets to check (default: all)")
+    _add_json(check)
+    check.set_defaults(func=cmd_dataset_verify)
+
+    plan = commands.add_parser("plan", help="review and approve training plans")
+    plan_commands = plan.add_subparsers(dest="plan_command", required=True, metavar="ACTION")
+    plan_list = plan_commands.add_parser("list", help="list plans seen by this node")
+    plan_list.add_argument("--status", choices=("pending", "approved", "rejected"))
+    _add_json(plan_list)
+    plan_list.set_defaults(func=cmd_plan_list)
+    plan_show = plan_commands.add_parser("show", help="print a plan and its source")
+    plan_show.add_argument("id", help="plan id (12 hex digits) or a longer hash prefix")
+    _add_json(plan_show)
+    plan_show.set_defaults(func=cmd_plan_show)
+    for action, func, text in (
+        ("approve", cmd_plan_approve, "allow a plan to run on this node"),
+        ("reject", cmd_plan_reject, "forbid a plan on this node"),
+    ):
+        decide = plan_commands.add_parser(action, help=text)
+        decide.add_argument("id", help="plan id (12 hex digits) or a longer hash prefix")
+        decide.set_defaults(func=func)
+
+    start = commands.add_parser("start", help="connect to the researcher and serve tasks")
+    start.add_argument("--researcher", metavar="HOST:PORT", help="default: from config.toml")
+    start.add_argument(
+        "--allow-unapproved",
+        action="store_true",
+        help="run plans without operator approval (tests and demos only)",
+    )
+    start.add_argument("--insecure", action="store_true", help="plain-text channel (no TLS)")
+    start.add_argument("--ca", metavar="FILE", help="CA certificate of the researcher's server")
+    start.add_argument("--cert", metavar="FILE", help="this node's client certificate")
+    start.add_argument("--key", metavar="FILE", help="private key of --cert")
+    start.add_argument(
+        "--task-timeout", type=float, metavar="SECONDS", help="abort a task running longer"
+    )
+    start.add_argument(
+        "--max-memory-mb", type=int, metavar="MB", help="memory limit of the training process"
+    )
+    start.set_defaults(func=cmd_start)
+    return node
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``fedloom``-style arguments (``node ...``) and run the command; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="fedloom")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

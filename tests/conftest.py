@@ -1,0 +1,144 @@
+"""Shared fixtures: a researcher server in the test process and real node processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Seconds a test waits for node processes to connect (torch import on a loaded 2-core CI box).
+NODE_CONNECT_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fedloom_cmd(*args: str) -> list[str]:
+    """The fedloom command line, run with this interpreter."""
+    return [sys.executable, "-m", "fedloom.cli", *args]
+
+
+def write_tabular_csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    """A CSV with columns x0..xN and target y (float targets kept as floats)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ",".join([f"x{i}" for i in range(x.shape[1])] + ["y"])
+    np.savetxt(path, np.column_stack([x, y]), delimiter=",", header=header, comments="", fmt="%.8g")
+    return path
+
+
+@dataclass
+class NodeProcess:
+    """A node started with `fedloom node start`, its home and its log file."""
+
+    name: str
+    home: Path
+    node_id: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def researcher_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Settings for an in-process researcher on a free loopback port (plain text)."""
+    from researcher.server import shutdown_server
+
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("FEDLOOM_RESEARCHER_ADDRESS", address)
+    monkeypatch.setenv("FEDLOOM_INSECURE", "1")
+    monkeypatch.setenv("FEDLOOM_OUT", str(tmp_path / "runs"))
+    monkeypatch.delenv("FEDLOOM_CERT_DIR", raising=False)
+    yield address
+    shutdown_server()
+
+
+NodeFactory = Callable[..., NodeProcess]
+
+
+@pytest.fixture
+def start_node(tmp_path: Path, researcher_address: str) -> Iterator[NodeFactory]:
+    """Create a node home, register datasets, approve plans, start `fedloom node start`."""
+    from common.training_plans.source import plan_hash, plan_source
+    from node.home import NodeHome
+    from node.plans import PlanRegistry
+    from node.registry import DatasetRegistry
+
+    nodes: list[NodeProcess] = []
+
+    def start(
+        name: str,
+        datasets: Sequence[tuple[str, Sequence[str], Path, str | None]] = (),
+        approve: Sequence[type] = (),
+        extra_args: Sequence[str] = (),
+        home: Path | None = None,
+        address: str | None = None,
+    ) -> NodeProcess:
+        home = home or tmp_path / "nodes" / name
+        if not (home / "config.toml").exists():
+            node_home = NodeHome(home).init(name=name)
+            registry = DatasetRegistry(node_home.db_path)
+            for ds_name, tags, path, target in datasets:
+                registry.add(name=ds_name, tags=list(tags), path=path, data_type=None, target=target)
+            plans = PlanRegistry(node_home.db_path)
+            for plan_class in approve:
+                source = plan_source(plan_class)
+                sha = plan_hash(source)
+                if plans.status(sha) is None:
+                    plans.record_request(sha, plan_class.__name__, source, researcher="test")
+                plans.approve(sha[:12])
+        node_home = NodeHome.open(home)
+        log_path = home / "stdout.log"
+        args = ["node", "--home", str(home), "start", "--researcher", address or researcher_address, "--insecure", *extra_args]
+        proc = subprocess.Popen(
+            fedloom_cmd(*args),
+            stdout=open(log_path, "ab"),  # noqa: SIM115 - lives as long as the process
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+        node = NodeProcess(name, home, node_home.node_id, proc, log_path, args)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
+
+
+def wait_for_nodes(count: int, timeout: float = NODE_CONNECT_TIMEOUT) -> None:
+    """Block until `count` nodes are connected to the in-process researcher server."""
+    from researcher.server import get_server
+
+    server = get_server()
+    if not server.directory.wait_until(lambda: len(server.directory.connected()) >= count, timeout):
+        raise AssertionError(f"only {len(server.directory.connected())} of {count} nodes connected in {timeout} s")

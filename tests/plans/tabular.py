@@ -1,0 +1,60 @@
+"""Training plans used by the end-to-end tests (their source travels to the test nodes)."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.data import DataManager
+from common.optimizers.optimizer import Optimizer
+from common.training_plans import TorchTrainingPlan
+
+
+class LogisticPlan(TorchTrainingPlan):
+    """Logistic regression on x0..x3 -> y, plain SGD, full batch."""
+
+    def init_dependencies(self):
+        return ["import pandas as pd", "import torch", "from common.data import DataManager",
+                "from common.optimizers.optimizer import Optimizer"]
+
+    def init_model(self):
+        torch.manual_seed(0)
+        return torch.nn.Linear(4, 1)
+
+    def init_optimizer(self):
+        return Optimizer(lr=0.5)
+
+    def training_data(self):
+        df = pd.read_csv(self.dataset_path)
+        return DataManager(dataset=df.drop(columns="y").values.astype("float32"), target=df["y"].values)
+
+    def training_step(self, data, target):
+        logits = self.model()(data).squeeze(1)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, target.float())
+
+
+class RaisingPlan(LogisticPlan):
+    """Fails on the node while loading its data."""
+
+    def training_data(self):
+        raise ValueError("column 'age' has unparseable values")
+
+
+def make_logistic_data(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    w = np.array([2.0, -1.0, 0.5, 0.0])
+    y = (x @ w + 0.1 * rng.normal(size=n) > 0).astype(int)
+    return x, y
+
+
+class SlowPlan(LogisticPlan):
+    """Takes a few seconds per step, so a test can act while nodes train."""
+
+    def init_dependencies(self):
+        return [*super().init_dependencies(), "import time"]
+
+    def training_step(self, data, target):
+        import time
+
+        time.sleep(4.0)
+        return super().training_step(data, target)
