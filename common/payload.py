@@ -17,7 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from common.constants import ARRAY_ALIGNMENT, CHUNK_SIZE, DEFAULT_MAX_PAYLOAD_BYTES, PROTOCOL_VERSION
+from common.constants import (
+    ARRAY_ALIGNMENT,
+    CHUNK_SIZE,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    PROTOCOL_VERSION,
+)
 from common.errors import PayloadError
 from common.proto import fedloom_pb2 as pb
 
@@ -209,7 +214,7 @@ class PayloadAssembler:
         if self._path is None:
             self._buffer = bytearray(total)
         else:
-            self._file = open(self._path, "w+b")  # noqa: SIM115 - closed in finish()/close()
+            self._file = open(self._path, "w+b")
             _write_header(self._file, chunk.manifest)
             data_start = self._file.tell()
             self._file.truncate(data_start + total)

@@ -75,6 +75,7 @@ class NodeDaemon:
         self._executor = TaskExecutor(max_memory_mb=max_memory_mb)
         self._tasks: queue.Queue[pb.TaskRequest | None] = queue.Queue()
         self._stub: pb_grpc.FederationStub | None = None
+        self._call: Any = None
         self._handler = TaskHandler(
             home,
             self._executor,
@@ -114,10 +115,13 @@ class NodeDaemon:
         return code
 
     def stop(self) -> None:
+        """Leave the serve loop: close the session and cancel the open stream."""
         self._stop.set()
         with self._session_lock:
             if self._session is not None:
                 self._session.close()
+            if self._call is not None:
+                self._call.cancel()
 
     # -- connection ---------------------------------------------------------------------------
     def _hello(self) -> pb.NodeMessage:
@@ -169,6 +173,10 @@ class NodeDaemon:
         with self._channel() as channel:
             self._stub = pb_grpc.FederationStub(channel)
             responses = self._stub.Connect(outgoing())
+            with self._session_lock:
+                self._call = responses
+            if self._stop.is_set():
+                responses.cancel()
             try:
                 first = next(responses)
                 if first.WhichOneof("body") == "refusal":
@@ -212,7 +220,7 @@ class NodeDaemon:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
-            log.warning("researcher at %s is unreachable (%s); retrying", self.researcher, details)
+            log.warning("researcher at %s is unreachable (%s)", self.researcher, details)
         elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             log.error("the researcher at %s refused this node: %s", self.researcher, details)
         elif code == grpc.StatusCode.CANCELLED and self._stop.is_set():

@@ -1,0 +1,129 @@
+"""Payload codec: arrays round-trip through chunks; malformed, truncated and oversized payloads are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.constants import ARRAY_ALIGNMENT, PROTOCOL_VERSION
+from common.errors import PayloadError, ProtocolVersionError
+from common.payload import (
+    PayloadAssembler,
+    decode_arrays,
+    encode_arrays,
+    iter_chunks,
+    read_payload_file,
+    write_payload_file,
+)
+from common.proto import fedloom_pb2 as pb
+
+
+def _arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "param/w": rng.normal(size=(17, 5)).astype(np.float32),
+        "param/b": rng.normal(size=(5,)).astype(np.float64),
+        "aux/count": np.array(3, dtype=np.int64),
+        "aux/mask": rng.integers(0, 2**63, size=11, dtype=np.uint64),
+        "empty": np.zeros((0, 4), dtype=np.float32),
+    }
+
+
+def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert list(got) == list(want)
+    for name, value in want.items():
+        assert got[name].dtype == value.dtype and got[name].shape == value.shape
+        np.testing.assert_array_equal(got[name], value)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1 << 20])
+def test_arrays_round_trip_through_chunks_of_any_size(chunk_size: int) -> None:
+    arrays = _arrays()
+    assembler = PayloadAssembler()
+    for chunk in iter_chunks("p1", encode_arrays(arrays), chunk_size=chunk_size):
+        assert len(chunk.data) <= chunk_size
+        assembler.feed(chunk)
+    _assert_same(assembler.finish().arrays(), arrays)
+
+
+def test_arrays_are_aligned_in_the_buffer() -> None:
+    payload = encode_arrays(_arrays())
+    assert all(spec.offset % ARRAY_ALIGNMENT == 0 for spec in payload.manifest.arrays)
+
+
+def test_file_backed_assembly_and_payload_files_round_trip(tmp_path: Path) -> None:
+    arrays = _arrays()
+    write_payload_file(tmp_path / "a.bin", arrays)
+    source = read_payload_file(tmp_path / "a.bin")
+    assembler = PayloadAssembler(path=tmp_path / "b.bin")
+    for chunk in iter_chunks("p2", source, chunk_size=13):
+        assembler.feed(chunk)
+    _assert_same(assembler.finish().arrays(), arrays)
+    _assert_same(read_payload_file(tmp_path / "b.bin").arrays(), arrays)
+
+
+def test_truncated_stream_is_refused_with_the_byte_counts() -> None:
+    chunks = list(iter_chunks("p3", encode_arrays(_arrays()), chunk_size=32))
+    assembler = PayloadAssembler()
+    for chunk in chunks[:-1]:
+        assembler.feed(chunk)
+    with pytest.raises(PayloadError, match="truncated payload"):
+        assembler.finish()
+
+
+def test_out_of_order_or_overflowing_chunks_are_refused() -> None:
+    chunks = list(iter_chunks("p4", encode_arrays(_arrays()), chunk_size=32))
+    assembler = PayloadAssembler()
+    assembler.feed(chunks[0])
+    with pytest.raises(PayloadError, match="expected"):
+        assembler.feed(chunks[2])
+    big = pb.PayloadChunk(payload_id="p4", offset=32, data=b"x" * 10_000)
+    with pytest.raises(PayloadError, match="overflows"):
+        assembler.feed(big)
+
+
+def test_oversized_payload_is_refused_before_allocating() -> None:
+    manifest = pb.PayloadManifest(total_bytes=1 << 40)
+    first = pb.PayloadChunk(protocol_version=PROTOCOL_VERSION, payload_id="huge", manifest=manifest)
+    with pytest.raises(PayloadError, match="FEDLOOM_MAX_PAYLOAD_BYTES"):
+        PayloadAssembler(limit=1 << 30).feed(first)
+
+
+def test_first_chunk_without_manifest_or_wrong_version_is_refused() -> None:
+    with pytest.raises(PayloadError, match="manifest"):
+        PayloadAssembler().feed(pb.PayloadChunk(protocol_version=PROTOCOL_VERSION, payload_id="x", data=b"1"))
+    with pytest.raises(ProtocolVersionError, match="same fedloom version"):
+        PayloadAssembler().feed(pb.PayloadChunk(protocol_version=PROTOCOL_VERSION + 1, payload_id="x"))
+
+
+def test_manifest_lies_are_refused() -> None:
+    good = encode_arrays({"w": np.zeros(4, dtype=np.float32)})
+    bad_size = pb.PayloadManifest()
+    bad_size.CopyFrom(good.manifest)
+    bad_size.arrays[0].shape[:] = [5]
+    with pytest.raises(PayloadError, match="does not make"):
+        decode_arrays(bad_size, good.buffer)
+    bad_dtype = pb.PayloadManifest()
+    bad_dtype.CopyFrom(good.manifest)
+    bad_dtype.arrays[0].dtype = "|O"
+    with pytest.raises(PayloadError, match="non-numeric"):
+        decode_arrays(bad_dtype, good.buffer)
+    past_end = pb.PayloadManifest()
+    past_end.CopyFrom(good.manifest)
+    past_end.arrays[0].offset = 8
+    with pytest.raises(PayloadError, match="past the end"):
+        decode_arrays(past_end, good.buffer)
+
+
+def test_object_arrays_cannot_be_sent() -> None:
+    with pytest.raises(PayloadError, match="only numeric"):
+        encode_arrays({"x": np.array([object()])})
+
+
+def test_big_endian_input_is_sent_little_endian() -> None:
+    value = np.arange(6, dtype=">f4")
+    decoded = encode_arrays({"x": value}).arrays()["x"]
+    assert decoded.dtype.str == "<f4"
+    np.testing.assert_array_equal(decoded, value)
