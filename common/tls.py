@@ -544,7 +544,12 @@ def node_id_from_pem(pem: bytes) -> str | None:
 def read_node_id(cert_path: str | os.PathLike[str]) -> str:
     """The node id in a node's certificate file; a node started with ``--cert`` uses it."""
     pem = _read(cert_path, "node certificate", "pass the certificate issued for this node")
-    node_id = node_id_from_pem(pem)
+    try:
+        node_id = node_id_from_pem(pem)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{cert_path} is not a PEM certificate ({exc}): pass the node.pem issued by `fedloom certs`"
+        ) from exc
     if node_id is None:
         raise ConfigurationError(
             f"{cert_path} names no node: it needs a {NODE_URI_PREFIX}<id> SAN URI or a CN"

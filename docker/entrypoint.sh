@@ -100,7 +100,12 @@ node_role() {
 
     if [ -z "$(ls -A "$HOME_DIR" 2>/dev/null)" ]; then
         log "first start: initialising node home $HOME_DIR as $name"
-        fedloom node --home "$HOME_DIR" init --name "$name" >/dev/null
+        node_id="${FEDLOOM_NODE_ID:-}"
+        if [ -z "$node_id" ] && [ -f "$CERT_DIR/node.pem" ]; then
+            # The node's identity is the one its certificate was issued to.
+            node_id="$(python3 -c 'import sys; from common.tls import read_node_id; print(read_node_id(sys.argv[1]))' "$CERT_DIR/node.pem")"
+        fi
+        fedloom node --home "$HOME_DIR" init --name "$name" ${node_id:+--node-id "$node_id"} >/dev/null
     fi
 
     if [ "${FEDLOOM_DEMO_DATASET:-0}" = 1 ]; then

@@ -86,7 +86,7 @@ def _split_tags(text: str) -> list[str]:
 @_command
 def cmd_init(args: argparse.Namespace) -> int:
     """Create a node home."""
-    home = NodeHome(_home_path(args)).init(args.name)
+    home = NodeHome(_home_path(args)).init(args.name, node_id=args.node_id)
     console = _console()
     console.print(f"Initialised node home {home.path}", markup=False, soft_wrap=True)
     console.print(
@@ -361,8 +361,16 @@ def cmd_start(args: argparse.Namespace) -> int:
             "without operator approval. Use this only for local tests and demos.",
             home.node_id,
         )
-    if args.insecure:
-        logger.warning("--insecure: the channel to %s is not encrypted", researcher)
+    if tls and tls.get("cert"):
+        from common.tls import read_node_id
+
+        cert_id = read_node_id(Path(tls["cert"]))
+        if cert_id != home.node_id:
+            raise ConfigurationError(
+                f"the certificate {tls['cert']} was issued to node {cert_id!r} but this home is "
+                f"node {home.node_id!r}: use that node's certificate (`fedloom certs add-node "
+                f"--node {home.node_id}`) or a home created with `init --node-id {cert_id}`"
+            )
     # Imported here: the daemon pulls in gRPC and torch, which other commands do not need.
     from node.daemon import run_node
 
@@ -398,6 +406,11 @@ def register(
 
     init = commands.add_parser("init", help="create the node home (id, keys, registry)")
     init.add_argument("--name", help="human-readable node name (default: the node id)")
+    init.add_argument(
+        "--node-id",
+        default=None,
+        help="node id (default: random); use the id your TLS certificate was issued to",
+    )
     init.set_defaults(func=cmd_init)
 
     dataset = commands.add_parser("dataset", help="register and manage datasets")

@@ -174,12 +174,17 @@ class NodeHome:
         home._load()
         return home
 
-    def init(self, name: str | None = None) -> NodeHome:
+    def init(self, name: str | None = None, node_id: str | None = None) -> NodeHome:
         """Create the home (config, keys, database, logs, state) and return it, loaded.
 
-        Refuses a path that is already a node home or a non-empty directory, so an
+        `node_id` defaults to a fresh random id; pass the id a TLS certificate was issued
+        to. Refuses a path that is already a node home or a non-empty directory, so an
         existing node id, key pair or registry is never overwritten.
         """
+        if node_id is not None:
+            from common.tls import validate_node_id
+
+            validate_node_id(node_id)
         if (self.path / CONFIG_FILE).exists():
             raise NodeHomeError(
                 f"{self.path} is already a fedloom node home (node "
@@ -196,7 +201,7 @@ class NodeHome:
         staging = self.path.parent / f".{self.path.name}.init-{secrets.token_hex(4)}"
         try:
             staging.mkdir(mode=PRIVATE_DIR_MODE)
-            self._populate(staging, name)
+            self._populate(staging, name, node_id)
             try:
                 if self.path.exists():
                     self.path.rmdir()  # empty, checked above
@@ -214,11 +219,11 @@ class NodeHome:
         logger.info("initialised node home %s as %s", self.path, self.node_id)
         return self
 
-    def _populate(self, root: Path, name: str | None) -> None:
+    def _populate(self, root: Path, name: str | None, node_id: str | None) -> None:
         # Imported here: the SecAgg package is only needed when a home is created.
         from common.secagg.keys import load_or_create_keypair
 
-        node_id = f"node-{secrets.token_hex(NODE_ID_HEX_DIGITS // 2)}"
+        node_id = node_id or f"node-{secrets.token_hex(NODE_ID_HEX_DIGITS // 2)}"
         for sub in (LOGS_DIR, STATE_DIR):
             (root / sub).mkdir()
         (root / KEYS_DIR).mkdir(mode=PRIVATE_DIR_MODE)

@@ -94,6 +94,11 @@ def get_server() -> ResearcherServer:
                 credentials=settings.server_credentials(),
                 authenticate=settings.authenticator(),
             ).start()
+            # A script that ends without shutting the server down must still exit: at
+            # interpreter exit, ThreadPoolExecutor joins its workers, which serve the nodes'
+            # endless streams. threading's exit hooks run in reverse order of registration,
+            # so this one (registered after the executor's) stops the server first.
+            threading._register_atexit(shutdown_server)  # type: ignore[attr-defined]
         return _server
 
 

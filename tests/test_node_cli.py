@@ -467,20 +467,35 @@ def test_start_passes_tls_files_and_limits(
     fake_daemon: list[dict[str, Any]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for name in ("ca.pem", "node.pem", "node.key"):
-        (tmp_path / name).write_text("PEM")
-    argv = ["--researcher", "research.example:7000", "--ca", str(tmp_path / "ca.pem")]
-    argv += ["--cert", str(tmp_path / "node.pem"), "--key", str(tmp_path / "node.key")]
+    from common.tls import init_certs
+
+    node_id = NodeHome.open(home).node_id
+    paths = init_certs(tmp_path / "pki", ["localhost"], [node_id]).node(node_id)
+    argv = ["--researcher", "research.example:7000", "--ca", str(paths.ca)]
+    argv += ["--cert", str(paths.cert), "--key", str(paths.key)]
     argv += ["--task-timeout", "90", "--max-memory-mb", "2048"]
     assert run(capsys, *node(home, "start", *argv))[0] == 0
     [call] = fake_daemon
     assert call["researcher"] == "research.example:7000" and call["insecure"] is False
-    assert call["tls"] == {
-        "ca": str(tmp_path / "ca.pem"),
-        "cert": str(tmp_path / "node.pem"),
-        "key": str(tmp_path / "node.key"),
-    }
+    assert call["tls"] == {"ca": str(paths.ca), "cert": str(paths.cert), "key": str(paths.key)}
     assert (call["task_timeout"], call["max_memory_mb"]) == (90.0, 2048)
+
+
+def test_start_refuses_a_certificate_issued_to_another_node(
+    home: Path, tmp_path: Path, fake_daemon: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from common.tls import init_certs
+
+    paths = init_certs(tmp_path / "pki", ["localhost"], ["node-other"]).node("node-other")
+    argv = ["--ca", str(paths.ca), "--cert", str(paths.cert), "--key", str(paths.key)]
+    code, _, err = run(capsys, *node(home, "start", *argv))
+    assert code == 2 and not fake_daemon
+    assert "issued to node 'node-other'" in err and "--node-id node-other" in err
+
+
+def test_init_with_node_id_uses_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = run(capsys, *node(tmp_path / "h", "init", "--node-id", "node-7"))
+    assert code == 0 and NodeHome.open(tmp_path / "h").node_id == "node-7"
 
 
 def test_start_with_allow_unapproved_logs_a_warning(

@@ -1,0 +1,195 @@
+"""Round overhead: fedloom's round time beyond local training vs. a bare gRPC transfer.
+
+For models of about 100k, 10M and 100M float32 parameters and 3 nodes on loopback, with
+local training reduced to one step, prints per-round wall time, the bytes moved, the time
+to move the same bytes through a bare gRPC stream in 1 MiB chunks in the same run, their
+ratio, and the researcher's peak memory as a multiple of the model size.
+
+Usage: python bench/round_overhead.py [--sizes 1e5,1e7,1e8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+N_NODES = 3
+CHUNK = 1 << 20
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- bare gRPC transfer -------------------------------------------------------------------
+def bare_grpc_seconds(total_bytes: int) -> float:
+    """Stream `total_bytes` in 1 MiB chunks over one loopback gRPC stream (best of 3)."""
+    import grpc
+
+    from common.grpc_options import channel_options, server_options
+
+    chunk = b"\0" * CHUNK
+    n_chunks = math.ceil(total_bytes / CHUNK)
+
+    def stream(request: bytes, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+        for _ in range(n_chunks):
+            yield chunk
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Bare",
+        {"Stream": grpc.unary_stream_rpc_method_handler(stream, request_deserializer=None, response_serializer=None)},
+    )
+    server = grpc.server(ThreadPoolExecutor(4), options=server_options())
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    best = float("inf")
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as channel:
+        call = channel.unary_stream("/bench.Bare/Stream")
+        for _ in range(3):
+            start = time.perf_counter()
+            received = sum(len(c) for c in call(b""))
+            best = min(best, time.perf_counter() - start)
+            assert received == n_chunks * CHUNK
+    server.stop(0)
+    return best
+
+
+# -- researcher side (a child process, so its peak memory is its own) ---------------------
+def researcher_main(width: int, rounds: int, out: Path) -> None:
+    from researcher.federated_workflows import Experiment
+    from researcher.strategies import DefaultStrategy
+    from round_plan import SquareLinear
+
+    exp = Experiment(
+        tags=["#bench"],
+        training_plan_class=SquareLinear,
+        model_args={"width": width},
+        training_args={"num_updates": 1, "batch_size": 2},
+        round_limit=rounds,
+        node_selection_strategy=DefaultStrategy(min_nodes=N_NODES),
+        retain_node_params=False,
+        node_wait_timeout=300,
+    )
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    exp.run()
+    rows = [
+        {
+            "round": r.round,
+            "seconds": r.seconds,
+            "max_train": max(n.train_seconds for n in r.nodes),
+            "answered": len(r.nodes),
+        }
+        for r in exp.metrics_history()
+    ]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out.write_text(json.dumps({"rounds": rows, "peak_rss": peak, "baseline_rss": baseline}))
+
+
+def run_size(n_params: float, rounds: int, work: Path) -> dict[str, float]:
+    from common.training_plans.source import plan_hash, plan_source
+    from node.home import NodeHome
+    from node.plans import PlanRegistry
+    from node.registry import DatasetRegistry
+    from round_plan import SquareLinear
+
+    width = int(round(math.sqrt(n_params)))
+    model_bytes = width * width * 4
+    address = f"127.0.0.1:{_free_port()}"
+    source = plan_source(SquareLinear)
+    sha = plan_hash(source)
+    data = work / "tiny.csv"
+    data.write_text("a,y\n1,0\n2,1\n")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}", "FEDLOOM_OUT": str(work / "runs"),
+           "FEDLOOM_RESEARCHER_ADDRESS": address, "FEDLOOM_INSECURE": "1"}
+    nodes = []
+    for i in range(N_NODES):
+        home = work / f"w{width}-node{i}"
+        node_home = NodeHome(home).init(name=f"bench{i}")
+        DatasetRegistry(node_home.db_path).add(name="tiny", tags=["#bench"], path=data, data_type="csv", target="y")
+        plans = PlanRegistry(node_home.db_path)
+        plans.record_request(sha, "SquareLinear", source, researcher="bench")
+        plans.approve(sha[:12])
+        nodes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "fedloom.cli", "node", "--home", str(home), "start", "--researcher", address, "--insecure"],
+                env=env, stdout=open(home / "bench-node.log", "wb"), stderr=subprocess.STDOUT,
+            )
+        )
+    result_path = work / f"result-{width}.json"
+    try:
+        subprocess.run(
+            [sys.executable, __file__, "--researcher", str(width), "--rounds", str(rounds), "--result", str(result_path)],
+            env=env, check=True, stdout=subprocess.DEVNULL,
+        )
+    finally:
+        for proc in nodes:
+            proc.terminate()
+        for proc in nodes:
+            proc.wait()
+    result = json.loads(result_path.read_text())
+    steady = result["rounds"][1:] or result["rounds"]  # round 1 also ships the plan source
+    round_s = min(r["seconds"] for r in steady)
+    train_s = min(r["seconds"] - (r["seconds"] - r["max_train"]) for r in steady)
+    overhead = min(r["seconds"] - r["max_train"] for r in steady)
+    moved = 2 * N_NODES * model_bytes
+    bare = bare_grpc_seconds(moved)
+    return {
+        "params": width * width,
+        "model_mb": model_bytes / 1e6,
+        "round_s": round_s,
+        "train_s": train_s,
+        "overhead_s": overhead,
+        "moved_mb": moved / 1e6,
+        "bare_s": bare,
+        "ratio": overhead / bare,
+        "peak_mb": result["peak_rss"] / 1e6,
+        "peak_over_model": result["peak_rss"] / model_bytes,
+        "extra_over_model": (result["peak_rss"] - result["baseline_rss"]) / model_bytes,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1e5,1e7,1e8")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--researcher", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.researcher is not None:
+        researcher_main(args.researcher, args.rounds, args.result)
+        return 0
+    print(f"{N_NODES} nodes on loopback, one local step per round, best steady-state round of {args.rounds}")
+    header = f"{'params':>11} {'model MB':>9} {'round s':>8} {'train s':>8} {'overhead s':>10} {'moved MB':>9} {'bare s':>7} {'ratio':>6} {'peak MB':>8} {'peak/model':>10}"
+    print(header)
+    with tempfile.TemporaryDirectory(prefix="fedloom-bench-") as tmp:
+        for size in (float(s) for s in args.sizes.split(",")):
+            r = run_size(size, args.rounds, Path(tmp))
+            print(
+                f"{r['params']:>11,} {r['model_mb']:>9.1f} {r['round_s']:>8.3f} {r['train_s']:>8.3f} "
+                f"{r['overhead_s']:>10.3f} {r['moved_mb']:>9.1f} {r['bare_s']:>7.3f} {r['ratio']:>6.2f} "
+                f"{r['peak_mb']:>8.0f} {r['peak_over_model']:>10.1f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
