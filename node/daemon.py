@@ -105,7 +105,7 @@ class NodeDaemon:
                 if time.monotonic() - started > 30:
                     delay = RECONNECT_INITIAL_DELAY  # a long healthy session resets the backoff
                 log.warning(
-                    "reconnecting to the researcher at %s in %.1f s", self.researcher, delay
+                    "retrying the researcher at %s in %.1f s", self.researcher, delay
                 )
                 self._stop.wait(delay)
                 delay = min(delay * RECONNECT_BACKOFF, RECONNECT_MAX_DELAY)

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 #: task itself: the researcher's deadline should fire first and say why.
 TIMEOUT_SLACK_SECONDS = 5.0
 
+#: SecAgg sessions remembered for dropout corrections: a correction is only ever asked
+#: for the round just trained, so a handful covers concurrent experiments.
+MAX_SECAGG_SESSIONS = 16
+
 
 class TaskRefused(FedloomError):
     """A task the node will not run; `kind` names the reason for the researcher."""
@@ -61,6 +65,7 @@ class TaskHandler:
         self._send = send
         self._stub = stub
         self.current_task: str | None = None
+        self._sessions: dict[str, pb.SecaggContext] = {}
 
     def handle(self, task: pb.TaskRequest) -> None:
         """Run a task and send its reply; never raises."""
@@ -91,10 +96,11 @@ class TaskHandler:
 
     # -- steps ---------------------------------------------------------------------------
     def _run(self, task: pb.TaskRequest, task_dir: Path) -> pb.TaskReply:
-        if task.WhichOneof("kind") != "train":
-            raise TaskRefused(
-                "UnsupportedTask", f"this node does not know task kind {task.WhichOneof('kind')!r}"
-            )
+        kind = task.WhichOneof("kind")
+        if kind == "secagg_correction":
+            return self._secagg_correction(task, task_dir)
+        if kind != "train":
+            raise TaskRefused("UnsupportedTask", f"this node does not know task kind {kind!r}")
         train = task.train
         TrainingArgs.from_json(train.training_args_json)  # refuse malformed arguments early
         plan_path = self._approved_plan(train.plan, task_dir)
@@ -124,6 +130,16 @@ class TaskHandler:
             "result_path": str(task_dir / "result.json"),
             "random_seed": args.get("random_seed"),
         }
+        if train.secagg.enabled:
+            self._sessions[train.secagg.session_id] = train.secagg
+            while len(self._sessions) > MAX_SECAGG_SESSIONS:
+                self._sessions.pop(next(iter(self._sessions)))
+            spec["secagg"] = {
+                "context_hex": train.secagg.SerializeToString().hex(),
+                "node_id": self.home.node_id,
+                "keys_dir": str(self.home.keys_dir),
+                "ledger_path": str(self._ledger_path),
+            }
         timeout = self._timeout(task)
         log.info(
             "round %d of %s: training plan %s on dataset %s",
@@ -155,13 +171,53 @@ class TaskHandler:
             round=task.round,
             ok=True,
             payload_id=payload_id,
-            n_samples=int(result["n_samples"]),
+            # Under SecAgg with protected parameters the sample count travels masked only.
+            n_samples=0 if train.secagg.enabled and train.secagg.protect_parameters else int(result["n_samples"]),
             aux_vars=aux_out,
             metrics={k: float(v) for k, v in result.get("metrics", {}).items()},
             losses=[float(v) for v in result.get("losses", [])],
             train_seconds=float(result.get("train_seconds", 0.0)),
             n_steps=int(result.get("n_steps", 0)),
         )
+
+    def _secagg_correction(self, task: pb.TaskRequest, task_dir: Path) -> pb.TaskReply:
+        """Recompute this node's masks toward dropped peers so the survivors' sum can be unmasked."""
+        from common.payload import write_payload_file
+        from common.secagg import CorrectionLedger, NodeMasker, load_or_create_keypair
+        from common.secagg.protect import context_settings
+
+        request = task.secagg_correction
+        context = self._sessions.get(request.session_id)
+        if context is None:
+            raise TaskRefused(
+                "UnknownSession",
+                f"node {self.home.name} has no SecAgg session {request.session_id!r} (restarted since "
+                "it trained?); the round cannot be recovered and must be run again",
+            )
+        masker = NodeMasker(
+            context.session_id,
+            self.home.node_id,
+            load_or_create_keypair(self.home.keys_dir),
+            {peer.node_id: bytes(peer.public_key) for peer in context.peers},
+            context_settings(context),
+            ledger=CorrectionLedger(self._ledger_path),
+        )
+        arrays = {name: masker.dropout_correction(name, request.dropped) for name in request.payload_names}
+        path = task_dir / "correction.bin"
+        write_payload_file(path, arrays)
+        stub = self._stub()
+        if stub is None:
+            raise TaskRefused("Disconnected", "lost the researcher before sending the correction")
+        payload_id = f"correction-{task.task_id}"
+        upload_payload(stub, self.home.node_id, payload_id, path)
+        log.info("sent SecAgg dropout corrections for %d payload(s), dropped %s", len(arrays), list(request.dropped))
+        return pb.TaskReply(
+            task_id=task.task_id, experiment_id=task.experiment_id, round=task.round, ok=True, payload_id=payload_id
+        )
+
+    @property
+    def _ledger_path(self) -> Path:
+        return self.home.path / "secagg_ledger.json"
 
     def _timeout(self, task: pb.TaskRequest) -> float:
         limits = [

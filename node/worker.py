@@ -110,10 +110,14 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     if aux_in.items:
         optimizer.process_aux_var(decode_aux_vars(aux_in, arrays, plan.vector_kind))
     result = plan.run_local_training(optimizer)
-    aux_out, aux_arrays = encode_aux_vars(optimizer.collect_aux_var(), prefix="aux")
+    aux = optimizer.collect_aux_var()
+    if spec.get("secagg"):
+        out_arrays, aux_out = _protected_reply(spec["secagg"], plan.get_parameters(), result.n_samples, aux)
+    else:
+        aux_out, aux_arrays = encode_aux_vars(aux, prefix="aux")
+        out_arrays = {"param/" + k: v for k, v in plan.get_parameters().items()}
+        out_arrays.update(aux_arrays)
     _write_state(state_dir, *optimizer.export_state())
-    out_arrays = {"param/" + k: v for k, v in plan.get_parameters().items()}
-    out_arrays.update(aux_arrays)
     write_payload_file(Path(spec["reply_payload_path"]), out_arrays)
     Path(spec["aux_out_path"]).write_bytes(aux_out.SerializeToString())
     log.info(
@@ -131,6 +135,28 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         "metrics": result.metrics,
         "train_seconds": result.seconds,
     }
+
+
+def _protected_reply(
+    secagg: dict[str, Any], params: dict[str, np.ndarray], n_samples: int, aux: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], Any]:
+    """Mask the reply for secure aggregation with this node's keys (see common.secagg.protect)."""
+    from common.proto import fedloom_pb2 as pb
+    from common.secagg import CorrectionLedger, NodeMasker, load_or_create_keypair
+    from common.secagg.protect import context_settings, protect_node_reply
+
+    context = pb.SecaggContext()
+    context.ParseFromString(bytes.fromhex(secagg["context_hex"]))
+    settings = context_settings(context)
+    masker = NodeMasker(
+        context.session_id,
+        secagg["node_id"],
+        load_or_create_keypair(Path(secagg["keys_dir"])),
+        {peer.node_id: bytes(peer.public_key) for peer in context.peers},
+        settings,
+        ledger=CorrectionLedger(Path(secagg["ledger_path"])),
+    )
+    return protect_node_reply(masker, params, n_samples, aux, protect_parameters=settings.protect_parameters)
 
 
 def _error_result(exc: BaseException) -> dict[str, Any]:

@@ -22,7 +22,15 @@ from common.proto import fedloom_pb2 as pb
 from researcher.node_directory import ConnectedNode
 from researcher.server import ResearcherServer
 
-__all__ = ["NodeReply", "PlanInfo", "RoundOutcome", "RoundRequest", "run_round"]
+__all__ = [
+    "NodeReply",
+    "PlanInfo",
+    "RoundOutcome",
+    "RoundRequest",
+    "exchange",
+    "run_round",
+    "run_secagg_corrections",
+]
 
 log = logging.getLogger(__name__)
 node_log = logging.getLogger("researcher.node")
@@ -123,10 +131,60 @@ def run_round(
 
     Returns when every node has answered, failed, gone silent, or passed the deadline.
     """
-    started = time.monotonic()
-    outcome = RoundOutcome()
     payload_id = f"global-{request.experiment_id}-{request.round_number}-{uuid.uuid4().hex[:8]}"
     server.payloads.publish(payload_id, request.global_payload, [n.node_id for n in nodes])
+    messages = []
+    for node in nodes:
+        task_id = uuid.uuid4().hex
+        messages.append((task_id, node, _task_request(request, node, task_id, payload_id)))
+    try:
+        outcome = exchange(server, messages, request.timeout, request.round_number, on_reply)
+    finally:
+        server.payloads.unpublish(payload_id)
+    for node in nodes:
+        node.known_plans.add(request.plan.sha256)
+    return outcome
+
+
+def run_secagg_corrections(
+    server: ResearcherServer,
+    experiment_id: str,
+    round_number: int,
+    survivors: Sequence[ConnectedNode],
+    session_id: str,
+    dropped: Sequence[str],
+    payload_names: Sequence[str],
+    timeout: float,
+    on_reply: Callable[[NodeReply], None],
+) -> RoundOutcome:
+    """Ask SecAgg survivors for their masks toward `dropped`; `on_reply` gets the corrections."""
+    request = pb.SecaggCorrectionRequest(
+        session_id=session_id, dropped=list(dropped), payload_names=list(payload_names)
+    )
+    messages = []
+    for node in survivors:
+        task_id = uuid.uuid4().hex
+        task = pb.TaskRequest(
+            task_id=task_id,
+            experiment_id=experiment_id,
+            round=round_number,
+            timeout_seconds=timeout,
+            secagg_correction=request,
+        )
+        messages.append((task_id, node, pb.ResearcherMessage(task=task)))
+    return exchange(server, messages, timeout, round_number, on_reply)
+
+
+def exchange(
+    server: ResearcherServer,
+    messages: Sequence[tuple[str, ConnectedNode, pb.ResearcherMessage]],
+    timeout: float,
+    round_number: int,
+    on_reply: Callable[[NodeReply], None],
+) -> RoundOutcome:
+    """Send one task per node and wait for replies, failures, silence or the deadline."""
+    started = time.monotonic()
+    outcome = RoundOutcome()
     events: queue.Queue[tuple[str, ConnectedNode, object]] = queue.Queue()
     pending: dict[str, ConnectedNode] = {}  # task_id -> node
 
@@ -135,12 +193,10 @@ def run_round(
 
     server.directory.add_listener(listen)
     try:
-        for node in nodes:
-            task_id = uuid.uuid4().hex
+        for task_id, node, message in messages:
             pending[task_id] = node
-            node.send(_task_request(request, node, task_id, payload_id))
-            node.known_plans.add(request.plan.sha256)
-        deadline = started + request.timeout
+            node.send(message)
+        deadline = started + timeout
         while pending:
             try:
                 event, node, payload = events.get(timeout=POLL_SECONDS)
@@ -154,12 +210,11 @@ def run_round(
                 for task_id in [t for t, n in pending.items() if n.node_id == node.node_id]:
                     del pending[task_id]
                     outcome.failures[node.node_id] = f"disconnected during the round ({payload})"
-                    log.error("node %s dropped out of round %d: %s", node.label, request.round_number, payload)
-            _check_liveness(server, pending, outcome, deadline, request.round_number)
+                    log.error("node %s dropped out of round %d: %s", node.label, round_number, payload)
+            _check_liveness(server, pending, outcome, deadline, round_number)
     finally:
         server.directory.remove_listener(listen)
-        server.payloads.unpublish(payload_id)
-        for node in nodes:
+        for _, node, _ in messages:
             if node.node_id in outcome.failures:
                 server.payloads.drop_uploads_of(node.node_id)
     outcome.seconds = time.monotonic() - started

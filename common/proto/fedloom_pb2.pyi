@@ -230,19 +230,31 @@ class TrainRequest(_message.Message):
     secagg: SecaggContext
     def __init__(self, plan: _Optional[_Union[TrainingPlanSource, _Mapping]] = ..., params_payload_id: _Optional[str] = ..., aux_vars: _Optional[_Union[AuxVars, _Mapping]] = ..., training_args_json: _Optional[str] = ..., model_args_json: _Optional[str] = ..., dataset_name: _Optional[str] = ..., secagg: _Optional[_Union[SecaggContext, _Mapping]] = ...) -> None: ...
 
+class SecaggCorrectionRequest(_message.Message):
+    __slots__ = ("session_id", "dropped", "payload_names")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_NAMES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    payload_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., dropped: _Optional[_Iterable[str]] = ..., payload_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class TaskRequest(_message.Message):
-    __slots__ = ("task_id", "experiment_id", "round", "timeout_seconds", "train")
+    __slots__ = ("task_id", "experiment_id", "round", "timeout_seconds", "train", "secagg_correction")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_CORRECTION_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     experiment_id: str
     round: int
     timeout_seconds: float
     train: TrainRequest
-    def __init__(self, task_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., round: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., train: _Optional[_Union[TrainRequest, _Mapping]] = ...) -> None: ...
+    secagg_correction: SecaggCorrectionRequest
+    def __init__(self, task_id: _Optional[str] = ..., experiment_id: _Optional[str] = ..., round: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., train: _Optional[_Union[TrainRequest, _Mapping]] = ..., secagg_correction: _Optional[_Union[SecaggCorrectionRequest, _Mapping]] = ...) -> None: ...
 
 class CancelTask(_message.Message):
     __slots__ = ("task_id", "reason")

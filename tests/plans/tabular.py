@@ -58,3 +58,15 @@ class SlowPlan(LogisticPlan):
 
         time.sleep(4.0)
         return super().training_step(data, target)
+
+
+class ScaffoldLogisticPlan(LogisticPlan):
+    """Logistic regression with Scaffold client correction on the node."""
+
+    def init_dependencies(self):
+        return [*super().init_dependencies(), "from common.optimizers.declearn import ScaffoldClientModule"]
+
+    def init_optimizer(self):
+        from common.optimizers.declearn import ScaffoldClientModule
+
+        return Optimizer(lr=0.5, modules=[ScaffoldClientModule()])
