@@ -1,7 +1,9 @@
-"""Runs training tasks in child processes: one warm spare ahead of time, a fresh one per task.
+"""Runs training tasks in child processes forked from a warm zygote (see node.worker).
 
-A plan that crashes, hangs, exhausts memory or exits takes down only its own process; the
-daemon turns that into an error reply and keeps serving.
+The zygote has torch and the plan API imported; each task is a fresh fork of it, so a task
+starts in milliseconds and still shares nothing with the previous one. A plan that crashes,
+hangs, exhausts memory or exits takes down only its own process: the daemon turns that into
+an error reply and keeps serving. A dead zygote is replaced.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -25,8 +28,11 @@ log = logging.getLogger(__name__)
 
 LogSink = Callable[[str, str], None]  # (level, message)
 
-#: Seconds a killed worker gets to exit after SIGTERM before SIGKILL.
-KILL_GRACE_SECONDS = 2.0
+#: Seconds to wait for the zygote to announce a forked task; it only has to fork.
+FORK_TIMEOUT_SECONDS = 120.0
+
+#: Seconds to wait for the zygote to report a killed child's exit.
+REAP_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass
@@ -36,23 +42,13 @@ class TaskOutcome:
     result: dict[str, Any]
 
 
-class TaskExecutor:
-    """Keeps one idle worker process ready and runs each task in its own process."""
+class _Zygote:
+    """The warm parent process and the reader threads of its pipes."""
 
-    def __init__(self, *, max_memory_mb: int | None = None) -> None:
-        self._max_memory_mb = max_memory_mb
-        self._spare: subprocess.Popen[str] | None = None
-        self._lock = threading.Lock()
-        self._running: dict[str, subprocess.Popen[str]] = {}
-        self._cancelled: dict[str, str] = {}
-        self._closed = False
-
-    def _spawn(self) -> subprocess.Popen[str]:
+    def __init__(self, on_log: Callable[[str, str], None]) -> None:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        # One thread per worker: the node shares its machine and the daemon must stay responsive.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
-        return subprocess.Popen(
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "node.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -61,85 +57,134 @@ class TaskExecutor:
             start_new_session=True,
             env=env,
         )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read_protocol, name="zygote-out", daemon=True).start()
+        threading.Thread(target=_relay, args=(self.proc.stderr, on_log), name="zygote-log", daemon=True).start()
+
+    def _read_protocol(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def submit(self, spec_path: Path) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{spec_path}\n")
+        self.proc.stdin.flush()
+
+    def next_line(self, timeout: float | None) -> str | None:
+        """The next protocol line; None when the zygote died; TimeoutError past `timeout`."""
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty as exc:
+            raise TimeoutError from exc
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+
+class TaskExecutor:
+    """Runs one task at a time in a fresh process forked from a warm zygote."""
+
+    def __init__(self, *, max_memory_mb: int | None = None) -> None:
+        self._max_memory_mb = max_memory_mb
+        self._lock = threading.Lock()
+        self._zygote: _Zygote | None = None
+        self._log_sink: LogSink = lambda level, message: None
+        self._running: dict[str, int] = {}  # task_id -> child pid
+        self._cancelled: dict[str, str] = {}
+
+    def _relay_log(self, level: str, message: str) -> None:
+        self._log_sink(level, message)
 
     def prepare(self) -> None:
-        """Start the spare worker now so the first task does not pay for imports."""
+        """Start the zygote now so the first task does not wait for imports."""
         with self._lock:
-            if self._spare is None and not self._closed:
-                self._spare = self._spawn()
+            if self._zygote is None or not self._zygote.alive():
+                self._zygote = _Zygote(self._relay_log)
 
-    def _take(self) -> subprocess.Popen[str]:
-        with self._lock:
-            proc, self._spare = self._spare, None
-        if proc is None or proc.poll() is not None:
-            proc = self._spawn()
-        threading.Thread(target=self.prepare, name="spare-worker", daemon=True).start()
-        return proc
-
-    def run(
-        self, task_id: str, spec: dict[str, Any], spec_path: Path, timeout: float, on_log: LogSink
-    ) -> TaskOutcome:
+    def run(self, task_id: str, spec: dict[str, Any], spec_path: Path, timeout: float, on_log: LogSink) -> TaskOutcome:
         """Run a task; never raises for plan failures, returns an error result instead."""
         spec = {**spec, "max_memory_mb": self._max_memory_mb}
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         result_path = Path(spec["result_path"])
-        proc = self._take()
-        with self._lock:
-            self._running[task_id] = proc
-        readers = [
-            threading.Thread(target=_relay, args=(proc.stderr, on_log, True), daemon=True),
-            threading.Thread(target=_relay, args=(proc.stdout, on_log, False), daemon=True),
-        ]
-        for reader in readers:
-            reader.start()
+        self.prepare()
+        zygote = self._zygote
+        assert zygote is not None
+        self._log_sink = on_log
         started = time.monotonic()
         try:
-            assert proc.stdin is not None
-            proc.stdin.write(f"{spec_path}\n")
-            proc.stdin.flush()
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        try:
-            code = proc.wait(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill(proc)
-            code = proc.returncode
-        for reader in readers:
-            reader.join(timeout=2.0)
+            zygote.submit(spec_path)
+            first = zygote.next_line(FORK_TIMEOUT_SECONDS)
+        except (BrokenPipeError, TimeoutError):
+            first = None
+        if first is None or not first.startswith("pid "):
+            zygote.close()
+            return TaskOutcome(_error("WorkerDied", "the training process could not be started; retry the round"))
+        pid = int(first.split()[1])
         with self._lock:
-            self._running.pop(task_id, None)
-            cancel_reason = self._cancelled.pop(task_id, None)
+            self._running[task_id] = pid
+        timed_out = False
+        try:
+            code = self._wait_exit(zygote, pid, timeout)
+        except TimeoutError:
+            timed_out = True
+            _kill_group(pid)
+            try:
+                code = self._wait_exit(zygote, pid, REAP_TIMEOUT_SECONDS)
+            except TimeoutError:
+                zygote.close()
+                code = None
+        finally:
+            with self._lock:
+                self._running.pop(task_id, None)
+                cancel_reason = self._cancelled.pop(task_id, None)
         elapsed = time.monotonic() - started
         if cancel_reason is not None:
             return TaskOutcome(_error("Cancelled", f"cancelled by the researcher: {cancel_reason}"))
         if timed_out:
-            return TaskOutcome(
-                _error("Timeout", f"training did not finish within {timeout:.0f} s and was stopped")
-            )
-        if result_path.exists():
+            return TaskOutcome(_error("Timeout", f"training did not finish within {timeout:.0f} s and was stopped"))
+        if code == 0 and result_path.exists():
             return TaskOutcome(json.loads(result_path.read_text(encoding="utf-8")))
         return TaskOutcome(_error("WorkerDied", _describe_exit(code, elapsed, self._max_memory_mb)))
+
+    @staticmethod
+    def _wait_exit(zygote: _Zygote, pid: int, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = zygote.next_line(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                return None  # the zygote itself died
+            parts = line.split()
+            if parts[:2] == ["exit", str(pid)]:
+                return int(parts[2])
 
     def cancel(self, task_id: str, reason: str) -> bool:
         """Kill a running task's process; returns False when no such task runs."""
         with self._lock:
-            proc = self._running.get(task_id)
-            if proc is None:
+            pid = self._running.get(task_id)
+            if pid is None:
                 return False
             self._cancelled[task_id] = reason
-        _kill(proc)
+        _kill_group(pid)
         return True
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
-            procs = [*self._running.values(), *([self._spare] if self._spare else [])]
-            self._spare = None
-        for proc in procs:
-            _kill(proc)
+            pids = list(self._running.values())
+            zygote, self._zygote = self._zygote, None
+        for pid in pids:
+            _kill_group(pid)
+        if zygote is not None:
+            zygote.close()
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:
@@ -147,42 +192,36 @@ def _error(kind: str, message: str) -> dict[str, Any]:
 
 
 def _describe_exit(code: int | None, elapsed: float, max_memory_mb: int | None) -> str:
-    if code is not None and code < 0:
-        name = (
-            signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        )
+    if code is None:
+        return f"the training process vanished after {elapsed:.1f} s (its parent died); retry the round"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
         hint = " (possibly out of memory)" if -code == signal.SIGKILL else ""
         return f"the training process was killed by signal {name} after {elapsed:.1f} s{hint}"
     limit = f" under the node's {max_memory_mb} MB memory limit" if max_memory_mb else ""
     return f"the training process exited with code {code} after {elapsed:.1f} s without a result{limit}"
 
 
-def _kill(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=KILL_GRACE_SECONDS)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+def _kill_group(pid: int) -> None:
+    # The child moves to its own process group first thing; kill the group (the plan may
+    # have started processes) and the pid itself in case it had not moved yet.
+    for kill in (os.killpg, os.kill):
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        proc.wait()
 
 
-def _relay(stream: IO[str] | None, on_log: LogSink, structured: bool) -> None:
+def _relay(stream: IO[str] | None, on_log: LogSink) -> None:
     if stream is None:
         return
     for line in stream:
         line = line.rstrip("\n")
         if not line:
             continue
-        level, message = "INFO", line
-        if structured:
-            try:
-                record = json.loads(line)
-                level, message = record["level"], record["message"]
-            except (ValueError, KeyError, TypeError):
-                level = "WARNING"
+        try:
+            record = json.loads(line)
+            level, message = record["level"], record["message"]
+        except (ValueError, KeyError, TypeError):
+            level, message = "WARNING", line
         on_log(level, message[:4000])

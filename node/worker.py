@@ -1,8 +1,9 @@
-"""The training process: runs one task of an approved plan, isolated from the node daemon.
+"""Training processes: each task of an approved plan runs in its own process, not the daemon.
 
-Started ahead of time by node.executor (so torch is already imported when a task comes),
-it reads one task spec path on stdin, runs the task, writes the reply payload and a result
-JSON, and exits. Logs go to stderr as JSON lines, which the daemon relays to the researcher.
+node.executor starts this module once as a *zygote*: it imports torch and the plan API,
+then forks one fresh child per task spec path it reads on stdin. The child runs the task,
+writes the reply payload and a result JSON, and exits; a crash, hang or memory blow-up
+takes down only that child. Logs go to stderr as JSON lines, relayed to the researcher.
 """
 
 from __future__ import annotations
@@ -172,20 +173,10 @@ def _error_result(exc: BaseException) -> dict[str, Any]:
     return {"ok": False, "kind": kind, "message": message, "traceback": summary}
 
 
-def main() -> int:
-    handler = _JsonLogHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    # Warm-up: importing torch and the plan API before a task arrives is the point of
-    # starting this process ahead of time.
-    import common.optimizers.adapters  # noqa: F401
-    import common.training_plans  # noqa: F401
-
-    line = sys.stdin.readline()
-    if not line.strip():
-        return 0
-    spec = json.loads(Path(line.strip()).read_text(encoding="utf-8"))
-    # Anything the plan prints goes to the log relay, never to our protocol channel.
+def _run_spec_file(spec_path: str) -> None:
+    """Body of one task process: read the spec, run the task, write the result file."""
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    # Anything the plan prints goes to the log relay, never to the zygote's protocol pipe.
     sys.stdout = _StdoutToLog()
     _limit_memory(spec.get("max_memory_mb"))
     if spec.get("random_seed") is not None:
@@ -197,6 +188,49 @@ def main() -> int:
     except BaseException as exc:  # the plan is untrusted: any failure becomes a reply
         result = _error_result(exc)
     Path(spec["result_path"]).write_text(json.dumps(result), encoding="utf-8")
+
+
+def _serve_forks() -> None:
+    """Zygote loop: fork one fresh child per task spec path read on stdin.
+
+    Protocol on stdout, one line each: ``pid <child pid>`` when a task starts and
+    ``exit <child pid> <exit code>`` when it ends (negative: killed by that signal).
+    """
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints of the zygote or its children land in the log relay
+    for line in sys.stdin:
+        spec_path = line.strip()
+        if not spec_path:
+            continue
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                os.setpgid(0, 0)  # its own group: the daemon can kill it and anything it starts
+                _run_spec_file(spec_path)
+            except BaseException:
+                code = 1
+            finally:
+                sys.stderr.flush()
+                # Skip interpreter teardown: the result is on disk and the daemon waits.
+                os._exit(code)
+        protocol.write(f"pid {pid}\n")
+        _, status = os.waitpid(pid, 0)
+        protocol.write(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n")
+
+
+def main() -> int:
+    handler = _JsonLogHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # Warm-up: importing torch, scikit-learn, declearn and the plan API once, here, is the
+    # point of this process: each task then starts as a fork in milliseconds.
+    import common.optimizers.adapters  # noqa: F401
+    import common.optimizers.aux_codec  # noqa: F401
+    import common.secagg  # noqa: F401
+    import common.training_plans  # noqa: F401
+
+    _serve_forks()
     return 0
 
 
@@ -212,8 +246,4 @@ class _StdoutToLog:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stderr.flush()
-    # Interpreter teardown with torch loaded takes about a second; the result is already
-    # on disk, so skip it: the daemon is waiting for this exit to reply.
-    os._exit(code)
+    sys.exit(main())
