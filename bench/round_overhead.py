@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,7 +53,11 @@ def bare_grpc_seconds(total_bytes: int) -> float:
 
     handler = grpc.method_handlers_generic_handler(
         "bench.Bare",
-        {"Stream": grpc.unary_stream_rpc_method_handler(stream, request_deserializer=None, response_serializer=None)},
+        {
+            "Stream": grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=None, response_serializer=None
+            )
+        },
     )
     server = grpc.server(ThreadPoolExecutor(4), options=server_options())
     server.add_generic_rpc_handlers((handler,))
@@ -74,9 +77,10 @@ def bare_grpc_seconds(total_bytes: int) -> float:
 
 # -- researcher side (a child process, so its peak memory is its own) ---------------------
 def researcher_main(width: int, rounds: int, out: Path) -> None:
+    from round_plan import SquareLinear
+
     from researcher.federated_workflows import Experiment
     from researcher.strategies import DefaultStrategy
-    from round_plan import SquareLinear
 
     exp = Experiment(
         tags=["#bench"],
@@ -104,40 +108,72 @@ def researcher_main(width: int, rounds: int, out: Path) -> None:
 
 
 def run_size(n_params: float, rounds: int, work: Path) -> dict[str, float]:
+    from round_plan import SquareLinear
+
     from common.training_plans.source import plan_hash, plan_source
     from node.home import NodeHome
     from node.plans import PlanRegistry
     from node.registry import DatasetRegistry
-    from round_plan import SquareLinear
 
-    width = int(round(math.sqrt(n_params)))
+    width = round(math.sqrt(n_params))
     model_bytes = width * width * 4
     address = f"127.0.0.1:{_free_port()}"
     source = plan_source(SquareLinear)
     sha = plan_hash(source)
     data = work / "tiny.csv"
     data.write_text("a,y\n1,0\n2,1\n")
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}", "FEDLOOM_OUT": str(work / "runs"),
-           "FEDLOOM_RESEARCHER_ADDRESS": address, "FEDLOOM_INSECURE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
+        "FEDLOOM_OUT": str(work / "runs"),
+        "FEDLOOM_RESEARCHER_ADDRESS": address,
+        "FEDLOOM_INSECURE": "1",
+    }
     nodes = []
     for i in range(N_NODES):
         home = work / f"w{width}-node{i}"
         node_home = NodeHome(home).init(name=f"bench{i}")
-        DatasetRegistry(node_home.db_path).add(name="tiny", tags=["#bench"], path=data, data_type="csv", target="y")
+        DatasetRegistry(node_home.db_path).add(
+            name="tiny", tags=["#bench"], path=data, data_type="csv", target="y"
+        )
         plans = PlanRegistry(node_home.db_path)
         plans.record_request(sha, "SquareLinear", source, researcher="bench")
         plans.approve(sha[:12])
         nodes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "fedloom.cli", "node", "--home", str(home), "start", "--researcher", address, "--insecure"],
-                env=env, stdout=open(home / "bench-node.log", "wb"), stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "fedloom.cli",
+                    "node",
+                    "--home",
+                    str(home),
+                    "start",
+                    "--researcher",
+                    address,
+                    "--insecure",
+                ],
+                env=env,
+                stdout=open(home / "bench-node.log", "wb"),
+                stderr=subprocess.STDOUT,
             )
         )
     result_path = work / f"result-{width}.json"
     try:
         subprocess.run(
-            [sys.executable, __file__, "--researcher", str(width), "--rounds", str(rounds), "--result", str(result_path)],
-            env=env, check=True, stdout=subprocess.DEVNULL,
+            [
+                sys.executable,
+                __file__,
+                "--researcher",
+                str(width),
+                "--rounds",
+                str(rounds),
+                "--result",
+                str(result_path),
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
     finally:
         for proc in nodes:
@@ -176,7 +212,9 @@ def main() -> int:
     if args.researcher is not None:
         researcher_main(args.researcher, args.rounds, args.result)
         return 0
-    print(f"{N_NODES} nodes on loopback, one local step per round, best steady-state round of {args.rounds}")
+    print(
+        f"{N_NODES} nodes on loopback, one local step per round, best steady-state round of {args.rounds}"
+    )
     header = f"{'params':>11} {'model MB':>9} {'round s':>8} {'train s':>8} {'overhead s':>10} {'moved MB':>9} {'bare s':>7} {'ratio':>6} {'peak MB':>8} {'peak/model':>10}"
     print(header)
     with tempfile.TemporaryDirectory(prefix="fedloom-bench-") as tmp:

@@ -9,7 +9,11 @@ from common.training_plans import TorchTrainingPlan
 
 class SquareLinear(TorchTrainingPlan):
     def init_dependencies(self):
-        return ["import torch", "from common.data import DataManager", "from common.optimizers.optimizer import Optimizer"]
+        return [
+            "import torch",
+            "from common.data import DataManager",
+            "from common.optimizers.optimizer import Optimizer",
+        ]
 
     def init_model(self, model_args):
         return torch.nn.Linear(model_args["width"], model_args["width"], bias=False)

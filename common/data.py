@@ -54,7 +54,7 @@ class DataManager:
         """Split into training and testing parts (the testing part is None when test_ratio is 0)."""
         if not 0.0 <= test_ratio < 1.0:
             raise DatasetError(f"test_ratio must be in [0, 1), got {test_ratio}")
-        n_test = int(round(len(self) * test_ratio))
+        n_test = round(len(self) * test_ratio)
         if n_test == 0:
             return self, None
         order = np.random.default_rng(seed).permutation(len(self))
@@ -65,7 +65,9 @@ class DataManager:
         target = None if self.targets is None else self.targets[index]
         return DataManager(self.inputs[index], target, self.shuffle)
 
-    def batches(self, batch_size: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, Any]]:
+    def batches(
+        self, batch_size: int, rng: np.random.Generator
+    ) -> Iterator[tuple[np.ndarray, Any]]:
         """One epoch of (inputs, target) batches; the last batch may be smaller."""
         n = len(self)
         order = rng.permutation(n) if self.shuffle else np.arange(n)

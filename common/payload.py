@@ -142,7 +142,11 @@ def iter_chunks(
     payload_id: str, payload: EncodedPayload, chunk_size: int = CHUNK_SIZE
 ) -> Iterator[pb.PayloadChunk]:
     """Yield the payload as chunks of at most `chunk_size` bytes, manifest first."""
-    view = memoryview(payload.buffer).cast("B") if not isinstance(payload.buffer, mmap.mmap) else payload.buffer
+    view = (
+        memoryview(payload.buffer).cast("B")
+        if not isinstance(payload.buffer, mmap.mmap)
+        else payload.buffer
+    )
     total = payload.nbytes
     first = pb.PayloadChunk(
         protocol_version=PROTOCOL_VERSION, payload_id=payload_id, manifest=payload.manifest
@@ -290,7 +294,9 @@ def read_payload_file(path: Path) -> EncodedPayload:
         start = _align(_FILE_HEADER.size + length)
         size = os.fstat(fh.fileno()).st_size
         if size < start + manifest.total_bytes:
-            raise PayloadError(f"{path} is truncated: {size} bytes for {start + manifest.total_bytes}")
+            raise PayloadError(
+                f"{path} is truncated: {size} bytes for {start + manifest.total_bytes}"
+            )
         if manifest.total_bytes == 0:
             return EncodedPayload(manifest, bytearray(0))
         mapped = mmap.mmap(fh.fileno(), start + manifest.total_bytes, access=mmap.ACCESS_READ)

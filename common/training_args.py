@@ -41,7 +41,9 @@ class TrainingArgs:
             )
         for name in ("epochs", "num_updates", "batch_size"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
                 raise ConfigurationError(
                     f"training_args['{name}'] must be a positive integer, got {value!r}"
                 )

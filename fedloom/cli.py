@@ -42,7 +42,9 @@ def setup_logging(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("grpc", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

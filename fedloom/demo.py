@@ -20,11 +20,20 @@ STOP_GRACE_SECONDS = 5.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("demo", help="run a local federation (researcher + 3 nodes) on synthetic data")
+    parser = sub.add_parser(
+        "demo", help="run a local federation (researcher + 3 nodes) on synthetic data"
+    )
     parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     parser.add_argument("--rounds", type=int, default=5, help="number of rounds (default 5)")
-    parser.add_argument("--workdir", type=Path, default=None, help="where node homes and data go (default: a temp dir)")
-    parser.add_argument("--out", type=Path, default=None, help="where results go (default: WORKDIR/runs)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where node homes and data go (default: a temp dir)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where results go (default: WORKDIR/runs)"
+    )
     parser.set_defaults(func=run_demo)
 
 
@@ -35,8 +44,8 @@ def _free_port() -> int:
 
 
 def _prepare_nodes(work: Path, n_nodes: int) -> list[Path]:
-    from fedloom import demo_experiment
     from common.training_plans.source import plan_hash, plan_source
+    from fedloom import demo_experiment
     from fedloom.demo_data import write_demo_csv
     from node.home import NodeHome
     from node.plans import PlanRegistry
@@ -47,8 +56,12 @@ def _prepare_nodes(work: Path, n_nodes: int) -> list[Path]:
     homes = []
     for i in range(n_nodes):
         home = NodeHome(work / f"node-{i + 1}").init(name=f"hospital-{chr(ord('a') + i)}")
-        csv = write_demo_csv(work / "data" / f"node-{i + 1}.csv", node_index=i, n_samples=400 + 200 * i)
-        DatasetRegistry(home.db_path).add(name="demo", tags=["#demo"], path=csv, data_type="csv", target="y")
+        csv = write_demo_csv(
+            work / "data" / f"node-{i + 1}.csv", node_index=i, n_samples=400 + 200 * i
+        )
+        DatasetRegistry(home.db_path).add(
+            name="demo", tags=["#demo"], path=csv, data_type="csv", target="y"
+        )
         plans = PlanRegistry(home.db_path)
         # The demo operator has reviewed the demo plan: approve it ahead of time.
         plans.record_request(sha, "DemoMLP", source, researcher="fedloom demo")
@@ -85,7 +98,9 @@ def _summary(out: Path) -> None:
     for rnd, items in sorted(by_round.items()):
         total = sum(r["n_samples"] for r in items)
         loss = sum(r["loss"] * r["n_samples"] for r in items) / total
-        accs = [r["metrics"].get("local_accuracy") for r in items if "local_accuracy" in r["metrics"]]
+        accs = [
+            r["metrics"].get("local_accuracy") for r in items if "local_accuracy" in r["metrics"]
+        ]
         acc = f"{sum(accs) / len(accs):.3f}" if accs else "n/a"
         print(f"{rnd:>5}  {len(items):>5}  {loss:>18.4f}  {acc:>19}")
     print(f"\nfinal model:  {metrics.parent / 'final_params.npz'}")
@@ -99,23 +114,48 @@ def run_demo(args: argparse.Namespace) -> int:
     out = (args.out or work / "runs").resolve()
     homes = _prepare_nodes(work, args.nodes)
     address = f"127.0.0.1:{_free_port()}"
-    print(f"fedloom demo: {args.nodes} nodes, {args.rounds} rounds, researcher on {address}, work dir {work}")
+    print(
+        f"fedloom demo: {args.nodes} nodes, {args.rounds} rounds, researcher on {address}, work dir {work}"
+    )
     from fedloom import demo_experiment
 
-    env = {**os.environ, "FEDLOOM_DEMO_ROUNDS": str(args.rounds), "FEDLOOM_DEMO_NODES": str(args.nodes)}
+    env = {
+        **os.environ,
+        "FEDLOOM_DEMO_ROUNDS": str(args.rounds),
+        "FEDLOOM_DEMO_NODES": str(args.nodes),
+    }
     cli = [sys.executable, "-m", "fedloom.cli"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         researcher = subprocess.Popen(
-            [*cli, "researcher", "run", demo_experiment.__file__, "--address", address, "--out", str(out), "--insecure"],
+            [
+                *cli,
+                "researcher",
+                "run",
+                demo_experiment.__file__,
+                "--address",
+                address,
+                "--out",
+                str(out),
+                "--insecure",
+            ],
             env=env,
         )
         procs.append(researcher)
         for home in homes:
-            log_file = open(home / "demo-node.log", "wb")  # noqa: SIM115 - closed with the process
+            log_file = open(home / "demo-node.log", "wb")
             procs.append(
                 subprocess.Popen(
-                    [*cli, "node", "--home", str(home), "start", "--researcher", address, "--insecure"],
+                    [
+                        *cli,
+                        "node",
+                        "--home",
+                        str(home),
+                        "start",
+                        "--researcher",
+                        address,
+                        "--insecure",
+                    ],
                     env=env,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
@@ -131,5 +171,8 @@ def run_demo(args: argparse.Namespace) -> int:
         _summary(out)
         print(f"node logs:    {work}/node-*/demo-node.log")
     else:
-        print(f"the researcher exited with code {code}; node logs are in {work}/node-*/demo-node.log", file=sys.stderr)
+        print(
+            f"the researcher exited with code {code}; node logs are in {work}/node-*/demo-node.log",
+            file=sys.stderr,
+        )
     return code

@@ -19,7 +19,9 @@ N_FEATURES = 8
 _TRUE_WEIGHTS = np.array([1.5, -2.0, 0.8, 0.0, 1.2, -0.7, 0.3, -1.1])
 
 
-def make_demo_dataset(node_index: int, n_samples: int = 600, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+def make_demo_dataset(
+    node_index: int, n_samples: int = 600, seed: int = 7
+) -> tuple[np.ndarray, np.ndarray]:
     """Features (n, 8) and binary labels (n,) for node `node_index`."""
     rng = np.random.default_rng(seed + 1000 * node_index)
     shift = rng.normal(0.0, 0.5, size=N_FEATURES)

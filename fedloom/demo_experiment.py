@@ -35,7 +35,11 @@ class DemoMLP(TorchTrainingPlan):
 
     def training_data(self):
         df = pd.read_csv(self.dataset_path)
-        return DataManager(dataset=df.drop(columns="y").values.astype("float32"), target=df["y"].values, shuffle=True)
+        return DataManager(
+            dataset=df.drop(columns="y").values.astype("float32"),
+            target=df["y"].values,
+            shuffle=True,
+        )
 
     def training_step(self, data, target):
         logits = self.model()(data).squeeze(1)
@@ -46,9 +50,17 @@ if __name__ == "__main__":
     exp = Experiment(
         tags=["#demo"],
         training_plan_class=DemoMLP,
-        training_args={"epochs": 1, "batch_size": 32, "random_seed": 0, "test_ratio": 0.2, "test_on_local_updates": True},
+        training_args={
+            "epochs": 1,
+            "batch_size": 32,
+            "random_seed": 0,
+            "test_ratio": 0.2,
+            "test_on_local_updates": True,
+        },
         round_limit=int(os.environ.get("FEDLOOM_DEMO_ROUNDS", "5")),
         aggregator=FedAverage(),
-        node_selection_strategy=DefaultStrategy(min_nodes=int(os.environ.get("FEDLOOM_DEMO_NODES", "1"))),
+        node_selection_strategy=DefaultStrategy(
+            min_nodes=int(os.environ.get("FEDLOOM_DEMO_NODES", "1"))
+        ),
     )
     exp.run()

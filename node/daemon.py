@@ -104,9 +104,7 @@ class NodeDaemon:
                     break
                 if time.monotonic() - started > 30:
                     delay = RECONNECT_INITIAL_DELAY  # a long healthy session resets the backoff
-                log.warning(
-                    "retrying the researcher at %s in %.1f s", self.researcher, delay
-                )
+                log.warning("retrying the researcher at %s in %.1f s", self.researcher, delay)
                 self._stop.wait(delay)
                 delay = min(delay * RECONNECT_BACKOFF, RECONNECT_MAX_DELAY)
         finally:

@@ -59,7 +59,9 @@ class _Zygote:
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read_protocol, name="zygote-out", daemon=True).start()
-        threading.Thread(target=_relay, args=(self.proc.stderr, on_log), name="zygote-log", daemon=True).start()
+        threading.Thread(
+            target=_relay, args=(self.proc.stderr, on_log), name="zygote-log", daemon=True
+        ).start()
 
     def _read_protocol(self) -> None:
         assert self.proc.stdout is not None
@@ -111,7 +113,9 @@ class TaskExecutor:
             if self._zygote is None or not self._zygote.alive():
                 self._zygote = _Zygote(self._relay_log)
 
-    def run(self, task_id: str, spec: dict[str, Any], spec_path: Path, timeout: float, on_log: LogSink) -> TaskOutcome:
+    def run(
+        self, task_id: str, spec: dict[str, Any], spec_path: Path, timeout: float, on_log: LogSink
+    ) -> TaskOutcome:
         """Run a task; never raises for plan failures, returns an error result instead."""
         spec = {**spec, "max_memory_mb": self._max_memory_mb}
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
@@ -128,7 +132,9 @@ class TaskExecutor:
             first = None
         if first is None or not first.startswith("pid "):
             zygote.close()
-            return TaskOutcome(_error("WorkerDied", "the training process could not be started; retry the round"))
+            return TaskOutcome(
+                _error("WorkerDied", "the training process could not be started; retry the round")
+            )
         pid = int(first.split()[1])
         with self._lock:
             self._running[task_id] = pid
@@ -151,7 +157,9 @@ class TaskExecutor:
         if cancel_reason is not None:
             return TaskOutcome(_error("Cancelled", f"cancelled by the researcher: {cancel_reason}"))
         if timed_out:
-            return TaskOutcome(_error("Timeout", f"training did not finish within {timeout:.0f} s and was stopped"))
+            return TaskOutcome(
+                _error("Timeout", f"training did not finish within {timeout:.0f} s and was stopped")
+            )
         if code == 0 and result_path.exists():
             return TaskOutcome(json.loads(result_path.read_text(encoding="utf-8")))
         return TaskOutcome(_error("WorkerDied", _describe_exit(code, elapsed, self._max_memory_mb)))
@@ -195,7 +203,9 @@ def _describe_exit(code: int | None, elapsed: float, max_memory_mb: int | None) 
     if code is None:
         return f"the training process vanished after {elapsed:.1f} s (its parent died); retry the round"
     if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        name = (
+            signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        )
         hint = " (possibly out of memory)" if -code == signal.SIGKILL else ""
         return f"the training process was killed by signal {name} after {elapsed:.1f} s{hint}"
     limit = f" under the node's {max_memory_mb} MB memory limit" if max_memory_mb else ""

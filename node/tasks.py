@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 
 from common.errors import DatasetError, FedloomError, PlanError
+from common.plan_hash import plan_hash
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 from common.training_args import TrainingArgs
-from common.plan_hash import plan_hash
 from node.executor import TaskExecutor
 from node.home import NodeHome
 from node.plans import PlanRegistry
@@ -172,7 +172,9 @@ class TaskHandler:
             ok=True,
             payload_id=payload_id,
             # Under SecAgg with protected parameters the sample count travels masked only.
-            n_samples=0 if train.secagg.enabled and train.secagg.protect_parameters else int(result["n_samples"]),
+            n_samples=0
+            if train.secagg.enabled and train.secagg.protect_parameters
+            else int(result["n_samples"]),
             aux_vars=aux_out,
             metrics={k: float(v) for k, v in result.get("metrics", {}).items()},
             losses=[float(v) for v in result.get("losses", [])],
@@ -202,7 +204,9 @@ class TaskHandler:
             context_settings(context),
             ledger=CorrectionLedger(self._ledger_path),
         )
-        arrays = {name: masker.dropout_correction(name, request.dropped) for name in request.payload_names}
+        arrays = {
+            name: masker.dropout_correction(name, request.dropped) for name in request.payload_names
+        }
         path = task_dir / "correction.bin"
         write_payload_file(path, arrays)
         stub = self._stub()
@@ -210,9 +214,17 @@ class TaskHandler:
             raise TaskRefused("Disconnected", "lost the researcher before sending the correction")
         payload_id = f"correction-{task.task_id}"
         upload_payload(stub, self.home.node_id, payload_id, path)
-        log.info("sent SecAgg dropout corrections for %d payload(s), dropped %s", len(arrays), list(request.dropped))
+        log.info(
+            "sent SecAgg dropout corrections for %d payload(s), dropped %s",
+            len(arrays),
+            list(request.dropped),
+        )
         return pb.TaskReply(
-            task_id=task.task_id, experiment_id=task.experiment_id, round=task.round, ok=True, payload_id=payload_id
+            task_id=task.task_id,
+            experiment_id=task.experiment_id,
+            round=task.round,
+            ok=True,
+            payload_id=payload_id,
         )
 
     @property

@@ -12,10 +12,12 @@ import json
 import logging
 import os
 import resource
+import shutil
 import sys
 import time
 import traceback
 import types
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -65,25 +67,53 @@ def _load_plan_class(plan_path: Path, class_name: str) -> type:
     return plan_class
 
 
-def _read_state(state_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+#: Optimizer states kept per experiment: the one a replayed round needs, plus a margin.
+KEEP_STATES = 3
+
+
+def _round_dirs(state_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    if state_dir.is_dir():
+        for entry in state_dir.iterdir():
+            if entry.name.startswith("round-") and (entry / "optimizer.json").exists():
+                found.append((int(entry.name[len("round-") :]), entry))
+    return sorted(found)
+
+
+def _read_state(
+    state_dir: Path, round_number: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """The state saved by the latest round before `round_number` (a replayed round reads
+    the state it started from, not the one an abandoned attempt wrote)."""
     from common.payload import read_payload_file
 
-    meta_path, arrays_path = state_dir / "optimizer.json", state_dir / "optimizer.bin"
-    if not meta_path.exists():
+    earlier = [path for r, path in _round_dirs(state_dir) if r < round_number]
+    if not earlier:
         return None
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    arrays = {k: np.array(v) for k, v in read_payload_file(arrays_path).arrays().items()}
+    meta = json.loads((earlier[-1] / "optimizer.json").read_text(encoding="utf-8"))
+    arrays = {
+        k: np.array(v) for k, v in read_payload_file(earlier[-1] / "optimizer.bin").arrays().items()
+    }
     return meta, arrays
 
 
-def _write_state(state_dir: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+def _write_state(
+    state_dir: Path, round_number: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> None:
+    """Save the state after `round_number` atomically (directory renamed into place)."""
     from common.payload import write_payload_file
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    write_payload_file(state_dir / "optimizer.bin", arrays)
-    tmp = state_dir / "optimizer.json.tmp"
-    tmp.write_text(json.dumps(meta), encoding="utf-8")
-    os.replace(tmp, state_dir / "optimizer.json")
+    tmp = state_dir / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    write_payload_file(tmp / "optimizer.bin", arrays)
+    (tmp / "optimizer.json").write_text(json.dumps(meta), encoding="utf-8")
+    final = state_dir / f"round-{round_number:06d}"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for _, old in _round_dirs(state_dir)[:-KEEP_STATES]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def run_task(spec: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +133,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     plan.set_parameters({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
     optimizer = plan.training_optimizer()
     state_dir = Path(spec["state_dir"])
-    saved = _read_state(state_dir)
+    saved = _read_state(state_dir, int(spec["round"]))
     if saved is not None:
         optimizer.import_state(*saved)
     aux_in = pb.AuxVars()
@@ -113,12 +143,14 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     result = plan.run_local_training(optimizer)
     aux = optimizer.collect_aux_var()
     if spec.get("secagg"):
-        out_arrays, aux_out = _protected_reply(spec["secagg"], plan.get_parameters(), result.n_samples, aux)
+        out_arrays, aux_out = _protected_reply(
+            spec["secagg"], plan.get_parameters(), result.n_samples, aux
+        )
     else:
         aux_out, aux_arrays = encode_aux_vars(aux, prefix="aux")
         out_arrays = {"param/" + k: v for k, v in plan.get_parameters().items()}
         out_arrays.update(aux_arrays)
-    _write_state(state_dir, *optimizer.export_state())
+    _write_state(state_dir, int(spec["round"]), *optimizer.export_state())
     write_payload_file(Path(spec["reply_payload_path"]), out_arrays)
     Path(spec["aux_out_path"]).write_bytes(aux_out.SerializeToString())
     log.info(
@@ -157,7 +189,9 @@ def _protected_reply(
         settings,
         ledger=CorrectionLedger(Path(secagg["ledger_path"])),
     )
-    return protect_node_reply(masker, params, n_samples, aux, protect_parameters=settings.protect_parameters)
+    return protect_node_reply(
+        masker, params, n_samples, aux, protect_parameters=settings.protect_parameters
+    )
 
 
 def _error_result(exc: BaseException) -> dict[str, Any]:
@@ -225,9 +259,9 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     # Warm-up: importing torch, scikit-learn, declearn and the plan API once, here, is the
     # point of this process: each task then starts as a fork in milliseconds.
-    import common.optimizers.adapters  # noqa: F401
-    import common.optimizers.aux_codec  # noqa: F401
-    import common.secagg  # noqa: F401
+    import common.optimizers.adapters
+    import common.optimizers.aux_codec
+    import common.secagg
     import common.training_plans  # noqa: F401
 
     _serve_forks()

@@ -29,7 +29,9 @@ class DatasetSummary:
 
     @classmethod
     def from_proto(cls, info: pb.DatasetInfo) -> DatasetSummary:
-        return cls(info.name, tuple(info.tags), int(info.n_samples), tuple(info.shape), info.data_type)
+        return cls(
+            info.name, tuple(info.tags), int(info.n_samples), tuple(info.shape), info.data_type
+        )
 
     def matches(self, tags: Sequence[str]) -> bool:
         """True when the dataset has all requested tags."""
@@ -67,7 +69,11 @@ class ConnectedNode:
     @property
     def label(self) -> str:
         """How the node is named in messages to the researcher."""
-        return f"{self.name} ({self.node_id})" if self.name and self.name != self.node_id else self.node_id
+        return (
+            f"{self.name} ({self.node_id})"
+            if self.name and self.name != self.node_id
+            else self.node_id
+        )
 
 
 Listener = Callable[[str, ConnectedNode, object], None]
@@ -117,7 +123,9 @@ class NodeDirectory:
             old.outbox.put(None)
             log.info("node %s reconnected from %s", node.label, peer)
         else:
-            log.info("node %s connected from %s with %d dataset(s)", node.label, peer, len(node.datasets))
+            log.info(
+                "node %s connected from %s with %d dataset(s)", node.label, peer, len(node.datasets)
+            )
         self.emit("connected", node)
         return node
 
@@ -140,7 +148,9 @@ class NodeDirectory:
     def connected(self) -> list[ConnectedNode]:
         """Nodes connected and heard from within the heartbeat timeout."""
         with self._lock:
-            return [n for n in self._nodes.values() if n.alive and n.silent_for() < HEARTBEAT_TIMEOUT]
+            return [
+                n for n in self._nodes.values() if n.alive and n.silent_for() < HEARTBEAT_TIMEOUT
+            ]
 
     def matching(self, tags: Sequence[str]) -> list[ConnectedNode]:
         return [n for n in self.connected() if n.matching_dataset(tags) is not None]

@@ -57,7 +57,9 @@ class PayloadStore:
         with self._lock:
             payload = self._received.pop((node_id, payload_id), None)
         if payload is None:
-            raise PayloadError(f"node {node_id!r} referenced payload {payload_id!r} it never uploaded")
+            raise PayloadError(
+                f"node {node_id!r} referenced payload {payload_id!r} it never uploaded"
+            )
         return payload
 
     def drop_uploads_of(self, node_id: str) -> None:

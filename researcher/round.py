@@ -90,7 +90,9 @@ class RoundOutcome:
     seconds: float = 0.0
 
 
-def _task_request(request: RoundRequest, node: ConnectedNode, task_id: str, payload_id: str) -> pb.ResearcherMessage:
+def _task_request(
+    request: RoundRequest, node: ConnectedNode, task_id: str, payload_id: str
+) -> pb.ResearcherMessage:
     plan = pb.TrainingPlanSource(class_name=request.plan.class_name, sha256=request.plan.sha256)
     if request.plan.sha256 not in node.known_plans:
         plan.source = request.plan.source
@@ -210,7 +212,9 @@ def exchange(
                 for task_id in [t for t, n in pending.items() if n.node_id == node.node_id]:
                     del pending[task_id]
                     outcome.failures[node.node_id] = f"disconnected during the round ({payload})"
-                    log.error("node %s dropped out of round %d: %s", node.label, round_number, payload)
+                    log.error(
+                        "node %s dropped out of round %d: %s", node.label, round_number, payload
+                    )
             _check_liveness(server, pending, outcome, deadline, round_number)
     finally:
         server.directory.remove_listener(listen)
@@ -276,7 +280,9 @@ def _check_liveness(
         if node.silent_for() > HEARTBEAT_TIMEOUT:
             reason = f"no heartbeat for {node.silent_for():.0f} s (node unreachable or dead)"
         elif now > deadline:
-            reason = "still training when the round deadline passed (training_args['round_timeout'])"
+            reason = (
+                "still training when the round deadline passed (training_args['round_timeout'])"
+            )
             node.send(pb.ResearcherMessage(cancel=pb.CancelTask(task_id=task_id, reason=reason)))
         else:
             continue

@@ -50,7 +50,13 @@ class _AuxLayout:
 class SecureRound:
     """SecAgg state of one round: participants, their masked sums, aux-var layout."""
 
-    def __init__(self, settings: SecureAggregation, experiment_id: str, round_number: int, nodes: Sequence[ConnectedNode]) -> None:
+    def __init__(
+        self,
+        settings: SecureAggregation,
+        experiment_id: str,
+        round_number: int,
+        nodes: Sequence[ConnectedNode],
+    ) -> None:
         missing = [n.label for n in nodes if len(n.secagg_public_key) != PUBLIC_KEY_BYTES]
         if missing:
             raise ConfigurationError(
@@ -70,14 +76,19 @@ class SecureRound:
         """The SecaggContext every participant receives (same for all)."""
         return pb.SecaggContext(
             enabled=True,
-            peers=[pb.SecaggPeer(node_id=n.node_id, public_key=n.secagg_public_key) for n in self.nodes.values()],
+            peers=[
+                pb.SecaggPeer(node_id=n.node_id, public_key=n.secagg_public_key)
+                for n in self.nodes.values()
+            ],
             clip=self.settings.clip,
             fraction_bits=self.settings.fraction_bits,
             protect_parameters=self.settings.protect_parameters,
             session_id=self.session_id,
         )
 
-    def add_reply(self, node_id: str, arrays: Mapping[str, np.ndarray], aux_vars: pb.AuxVars) -> None:
+    def add_reply(
+        self, node_id: str, arrays: Mapping[str, np.ndarray], aux_vars: pb.AuxVars
+    ) -> None:
         """Fold one node's masked payloads into the sums and note its clear aux fields."""
         names = {k[len(MASKED_PREFIX) :] for k in arrays if k.startswith(MASKED_PREFIX)}
         if self.settings.protect_parameters and N_SAMPLES_NAME not in names:
@@ -107,7 +118,9 @@ class SecureRound:
                 self._aux[item.module] = _AuxLayout(item.type, clear, secure)
                 continue
             if layout.type_name != item.type or set(layout.secure) != set(secure):
-                raise SecaggError(f"nodes sent different kinds of aux var {item.module!r}; all nodes must run the same optimizer")
+                raise SecaggError(
+                    f"nodes sent different kinds of aux var {item.module!r}; all nodes must run the same optimizer"
+                )
             agg_cls = aux_var_class(item.type)
             default = agg_cls.default_aggregate
             assert layout.clear is not None
@@ -127,7 +140,9 @@ class SecureRound:
     def add_correction(self, node_id: str, arrays: Mapping[str, np.ndarray]) -> None:
         for name in self._masked_names:
             if name not in arrays:
-                raise SecaggError(f"node {self.nodes[node_id].label} sent no dropout correction for {name!r}")
+                raise SecaggError(
+                    f"node {self.nodes[node_id].label} sent no dropout correction for {name!r}"
+                )
             self._sum.add_correction(node_id, name, arrays[name])
 
     def result(self, dtypes: Mapping[str, np.dtype] | None = None) -> SecureRoundResult:
@@ -144,7 +159,9 @@ class SecureRound:
         total = None
         if self.settings.protect_parameters:
             param_sums = {
-                name[len("param/") :]: self._sum.result(name) for name in self._masked_names if name.startswith("param/")
+                name[len("param/") :]: self._sum.result(name)
+                for name in self._masked_names
+                if name.startswith("param/")
             }
             total = float(self._sum.result(N_SAMPLES_NAME).reshape(-1)[0])
             if total <= 0:
@@ -155,7 +172,9 @@ class SecureRound:
             for name, value in layout.secure.items():
                 if value.WhichOneof("kind") == "vector":
                     coefs = {
-                        key: self._sum.result(array[len(MASKED_PREFIX) :]).astype(dtypes.get(key, np.float64))
+                        key: self._sum.result(array[len(MASKED_PREFIX) :]).astype(
+                            dtypes.get(key, np.float64)
+                        )
                         for key, array in zip(value.vector.keys, value.vector.arrays, strict=True)
                     }
                     fields[name] = arrays_to_vector(coefs, "numpy")

@@ -43,7 +43,9 @@ class ResearcherServer:
             options=server_options(),
             maximum_concurrent_rpcs=None,
         )
-        servicer = FederationServicer(self.directory, self.payloads, self.researcher_id, authenticate)
+        servicer = FederationServicer(
+            self.directory, self.payloads, self.researcher_id, authenticate
+        )
         pb_grpc.add_FederationServicer_to_server(servicer, self._server)
         try:
             if credentials is None:

@@ -78,7 +78,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         context.add_callback(lambda: self._directory.unregister(node, "connection closed"))
         yield pb.ResearcherMessage(
             protocol_version=PROTOCOL_VERSION,
-            welcome=pb.Welcome(researcher_id=self._researcher_id, heartbeat_interval=HEARTBEAT_INTERVAL),
+            welcome=pb.Welcome(
+                researcher_id=self._researcher_id, heartbeat_interval=HEARTBEAT_INTERVAL
+            ),
         )
         while True:
             message = node.outbox.get()
@@ -119,9 +121,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._directory.unregister(node, reason)
 
     # -- payloads -------------------------------------------------------------------------
-    def Download(self, request: pb.DownloadRequest, context: grpc.ServicerContext) -> Iterator[pb.PayloadChunk]:
+    def Download(
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.PayloadChunk]:
         if request.protocol_version != PROTOCOL_VERSION:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, _version_error(request.protocol_version))
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, _version_error(request.protocol_version)
+            )
         refusal = self._authenticate(context, request.node_id)
         if refusal is not None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
@@ -131,9 +137,15 @@ class FederationServicer(pb_grpc.FederationServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         yield from iter_chunks(request.payload_id, payload)
 
-    def Upload(self, request_iterator: Iterator[pb.PayloadChunk], context: grpc.ServicerContext) -> pb.UploadAck:
+    def Upload(
+        self, request_iterator: Iterator[pb.PayloadChunk], context: grpc.ServicerContext
+    ) -> pb.UploadAck:
         node_id = dict(context.invocation_metadata()).get("fedloom-node-id", "")
-        refusal = self._authenticate(context, node_id) if node_id else "Upload without fedloom-node-id metadata"
+        refusal = (
+            self._authenticate(context, node_id)
+            if node_id
+            else "Upload without fedloom-node-id metadata"
+        )
         if refusal is not None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         node = self._directory.get(node_id)

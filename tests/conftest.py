@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +107,9 @@ def start_node(tmp_path: Path, researcher_address: str) -> Iterator[NodeFactory]
             node_home = NodeHome(home).init(name=name)
             registry = DatasetRegistry(node_home.db_path)
             for ds_name, tags, path, target in datasets:
-                registry.add(name=ds_name, tags=list(tags), path=path, data_type=None, target=target)
+                registry.add(
+                    name=ds_name, tags=list(tags), path=path, data_type=None, target=target
+                )
             plans = PlanRegistry(node_home.db_path)
             for plan_class in approve:
                 source = plan_source(plan_class)
@@ -118,10 +119,19 @@ def start_node(tmp_path: Path, researcher_address: str) -> Iterator[NodeFactory]
                 plans.approve(sha[:12])
         node_home = NodeHome.open(home)
         log_path = home / "stdout.log"
-        args = ["node", "--home", str(home), "start", "--researcher", address or researcher_address, "--insecure", *extra_args]
+        args = [
+            "node",
+            "--home",
+            str(home),
+            "start",
+            "--researcher",
+            address or researcher_address,
+            "--insecure",
+            *extra_args,
+        ]
         proc = subprocess.Popen(
             fedloom_cmd(*args),
-            stdout=open(log_path, "ab"),  # noqa: SIM115 - lives as long as the process
+            stdout=open(log_path, "ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=ROOT,
@@ -141,4 +151,6 @@ def wait_for_nodes(count: int, timeout: float = NODE_CONNECT_TIMEOUT) -> None:
 
     server = get_server()
     if not server.directory.wait_until(lambda: len(server.directory.connected()) >= count, timeout):
-        raise AssertionError(f"only {len(server.directory.connected())} of {count} nodes connected in {timeout} s")
+        raise AssertionError(
+            f"only {len(server.directory.connected())} of {count} nodes connected in {timeout} s"
+        )

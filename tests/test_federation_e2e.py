@@ -23,7 +23,9 @@ def _logistic_loss(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) 
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
-def _three_nodes(tmp_path: Path, start_node, plans=(LogisticPlan,)) -> tuple[np.ndarray, np.ndarray]:
+def _three_nodes(
+    tmp_path: Path, start_node, plans=(LogisticPlan,)
+) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for i, n in enumerate((60, 120, 240)):
         x, y = make_logistic_data(seed=i, n=n)
@@ -54,7 +56,10 @@ def test_fedavg_lowers_global_loss_and_equals_the_sample_weighted_mean(tmp_path,
         total = sum(r["sample_size"] for r in replies.values())
         assert total == 420
         expected = {
-            name: sum(r["sample_size"] * r["params"][name].astype(np.float64) for r in replies.values()) / total
+            name: sum(
+                r["sample_size"] * r["params"][name].astype(np.float64) for r in replies.values()
+            )
+            / total
             for name in initial
         }
         got = exp.aggregated_params()[rnd]["params"]
@@ -71,7 +76,9 @@ def test_a_node_killed_mid_round_is_reported_by_name(tmp_path, start_node):
     for i in range(3):
         x, y = make_logistic_data(seed=i, n=50)
         csv = write_tabular_csv(tmp_path / f"d{i}.csv", x, y)
-        nodes.append(start_node(f"site{i}", datasets=[("tab", ["#tab"], csv, "y")], approve=[SlowPlan]))
+        nodes.append(
+            start_node(f"site{i}", datasets=[("tab", ["#tab"], csv, "y")], approve=[SlowPlan])
+        )
     wait_for_nodes(3)
     exp = Experiment(
         tags=["#tab"],
@@ -95,9 +102,16 @@ def test_a_node_killed_mid_round_is_reported_by_name(tmp_path, start_node):
 def test_plan_raising_on_node_reports_node_and_traceback_and_node_stays_up(tmp_path, start_node):
     x, y = make_logistic_data(seed=0, n=40)
     csv = write_tabular_csv(tmp_path / "d.csv", x, y)
-    start_node("clinic", datasets=[("tab", ["#tab"], csv, "y")], approve=[RaisingPlan, LogisticPlan])
+    start_node(
+        "clinic", datasets=[("tab", ["#tab"], csv, "y")], approve=[RaisingPlan, LogisticPlan]
+    )
     wait_for_nodes(1)
-    exp = Experiment(tags=["#tab"], training_plan_class=RaisingPlan, training_args={"num_updates": 1}, round_limit=1)
+    exp = Experiment(
+        tags=["#tab"],
+        training_plan_class=RaisingPlan,
+        training_args={"num_updates": 1},
+        round_limit=1,
+    )
     with pytest.raises(RoundFailedError) as info:
         exp.run()
     message = str(info.value)
@@ -105,7 +119,12 @@ def test_plan_raising_on_node_reports_node_and_traceback_and_node_stays_up(tmp_p
     assert "unparseable values" in message
     assert "training_data" in message  # the traceback summary points at the failing method
 
-    ok = Experiment(tags=["#tab"], training_plan_class=LogisticPlan, training_args={"num_updates": 1}, round_limit=1)
+    ok = Experiment(
+        tags=["#tab"],
+        training_plan_class=LogisticPlan,
+        training_args={"num_updates": 1},
+        round_limit=1,
+    )
     assert ok.run() == 1
 
 
@@ -114,14 +133,18 @@ def test_no_node_with_the_tags_names_the_tags_and_the_connected_nodes(tmp_path, 
     csv = write_tabular_csv(tmp_path / "d.csv", x, y)
     start_node("lab", datasets=[("tab", ["#tab"], csv, "y")])
     wait_for_nodes(1)
-    exp = Experiment(tags=["#mri"], training_plan_class=LogisticPlan, round_limit=1, node_wait_timeout=1.0)
+    exp = Experiment(
+        tags=["#mri"], training_plan_class=LogisticPlan, round_limit=1, node_wait_timeout=1.0
+    )
     with pytest.raises(NoMatchingNodesError) as info:
         exp.run()
     assert "#mri" in str(info.value)
     assert "lab" in str(info.value) and "#tab" in str(info.value)
 
 
-def test_node_retries_while_the_researcher_is_down_then_connects(tmp_path, start_node, researcher_address):
+def test_node_retries_while_the_researcher_is_down_then_connects(
+    tmp_path, start_node, researcher_address
+):
     x, y = make_logistic_data(seed=0, n=40)
     csv = write_tabular_csv(tmp_path / "d.csv", x, y)
     node = start_node("early", datasets=[("tab", ["#tab"], csv, "y")])

@@ -482,7 +482,10 @@ def test_start_passes_tls_files_and_limits(
 
 
 def test_start_refuses_a_certificate_issued_to_another_node(
-    home: Path, tmp_path: Path, fake_daemon: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+    home: Path,
+    tmp_path: Path,
+    fake_daemon: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from common.tls import init_certs
 

@@ -82,8 +82,12 @@ def test_secure_fedyogi_equals_clear_fedyogi(three_nodes):
 
 
 def test_secure_scaffold_equals_clear_scaffold(three_nodes):
-    plain = _run(ScaffoldLogisticPlan, False, Optimizer(lr=1.0, modules=[ScaffoldServerModule()]), rounds=3)
-    secure = _run(ScaffoldLogisticPlan, True, Optimizer(lr=1.0, modules=[ScaffoldServerModule()]), rounds=3)
+    plain = _run(
+        ScaffoldLogisticPlan, False, Optimizer(lr=1.0, modules=[ScaffoldServerModule()]), rounds=3
+    )
+    secure = _run(
+        ScaffoldLogisticPlan, True, Optimizer(lr=1.0, modules=[ScaffoldServerModule()]), rounds=3
+    )
     _assert_close(secure, plain, 3)
 
 
@@ -131,7 +135,8 @@ def test_a_node_killed_after_key_exchange_leaves_the_correct_sum_of_the_others(t
     assert victim.node_id in record.failures
     survivors = [0, 2]
     expected = {
-        name: sum(SIZES[i] * _one_sgd_step(*data[i])[name] for i in survivors) / sum(SIZES[i] for i in survivors)
+        name: sum(SIZES[i] * _one_sgd_step(*data[i])[name] for i in survivors)
+        / sum(SIZES[i] for i in survivors)
         for name in ("weight", "bias")
     }
     got = exp.aggregated_params()[1]["params"]

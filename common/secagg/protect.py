@@ -21,7 +21,7 @@ from common.errors import SecaggError
 from common.proto import fedloom_pb2 as pb
 from common.secagg.node_masker import NodeMasker
 
-__all__ = ["MASKED_PREFIX", "N_SAMPLES_NAME", "protect_node_reply", "context_settings"]
+__all__ = ["MASKED_PREFIX", "N_SAMPLES_NAME", "context_settings", "protect_node_reply"]
 
 MASKED_PREFIX = "secagg/"
 N_SAMPLES_NAME = "n_samples"
@@ -81,11 +81,15 @@ def protect_node_reply(
             base = f"aux/{module}/{field}"
             if isinstance(field_value, Vector):
                 coefs = vector_to_arrays(field_value)
-                names = [_mask(masker, arrays, f"{base}/{key}", coef) for key, coef in coefs.items()]
+                names = [
+                    _mask(masker, arrays, f"{base}/{key}", coef) for key, coef in coefs.items()
+                ]
                 ref = pb.VectorRef(kind=vector_kind(field_value), keys=list(coefs), arrays=names)
                 item.fields.add(name=field, value=pb.AuxValue(vector=ref))
             elif isinstance(field_value, int | float | np.number | np.ndarray):
-                item.fields.add(name=field, value=pb.AuxValue(array=_mask(masker, arrays, base, field_value)))
+                item.fields.add(
+                    name=field, value=pb.AuxValue(array=_mask(masker, arrays, base, field_value))
+                )
             else:
                 raise SecaggError(
                     f"aux var {module!r} field {field!r} is a {type(field_value).__name__}, which "

@@ -7,7 +7,9 @@ import numpy as np
 __all__ = ["classification_or_regression_metrics"]
 
 
-def classification_or_regression_metrics(output: np.ndarray, target: np.ndarray | None) -> dict[str, float]:
+def classification_or_regression_metrics(
+    output: np.ndarray, target: np.ndarray | None
+) -> dict[str, float]:
     """Accuracy and macro F1 for integer targets, MSE and MAE for real-valued ones."""
     if target is None:
         return {}
@@ -29,4 +31,7 @@ def classification_or_regression_metrics(output: np.ndarray, target: np.ndarray 
             f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
         return {"accuracy": float(np.mean(pred == truth)), "f1": float(np.mean(f1s))}
     pred = output.reshape(target.shape)
-    return {"mse": float(np.mean((pred - target) ** 2)), "mae": float(np.mean(np.abs(pred - target)))}
+    return {
+        "mse": float(np.mean((pred - target) ** 2)),
+        "mae": float(np.mean(np.abs(pred - target))),
+    }

@@ -20,7 +20,9 @@ def plan_source(plan_class: type) -> str:
     user_classes = [
         cls
         for cls in reversed(plan_class.__mro__)
-        if isinstance(cls, type) and cls is not object and not cls.__module__.startswith("common.")
+        if isinstance(cls, type)
+        and cls is not object
+        and not cls.__module__.startswith("common.")
         and any(b.__module__.startswith("common.training_plans") for b in cls.__mro__)
     ]
     bodies = []

@@ -31,7 +31,9 @@ class TorchTrainingPlan(BaseTrainingPlan):
 
     # -- user hooks ---------------------------------------------------------------------
     def init_model(self, model_args: Mapping[str, Any] | None = None) -> torch.nn.Module:
-        raise PlanError(f"{type(self).__name__} must define init_model() returning a torch.nn.Module")
+        raise PlanError(
+            f"{type(self).__name__} must define init_model() returning a torch.nn.Module"
+        )
 
     def init_optimizer(self, optimizer_args: Mapping[str, Any] | None = None) -> Any:
         from common.optimizers.optimizer import Optimizer
@@ -39,7 +41,9 @@ class TorchTrainingPlan(BaseTrainingPlan):
         return Optimizer(lr=0.01)
 
     def training_step(self, data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        raise PlanError(f"{type(self).__name__} must define training_step(data, target) returning the loss")
+        raise PlanError(
+            f"{type(self).__name__} must define training_step(data, target) returning the loss"
+        )
 
     # -- accessors in Fed-BioMed's style ----------------------------------------------------
     def model(self) -> torch.nn.Module:
@@ -179,4 +183,6 @@ def _to_tensor(values: Any) -> Any:
         return None
     array = np.asarray(values)
     tensor = torch.from_numpy(np.ascontiguousarray(array))
-    return tensor.float() if tensor.is_floating_point() and tensor.dtype == torch.float64 else tensor
+    return (
+        tensor.float() if tensor.is_floating_point() and tensor.dtype == torch.float64 else tensor
+    )

@@ -41,7 +41,9 @@ class Aggregator:
 
     def add(self, node_id: str, params: Mapping[str, np.ndarray], weight: float) -> None:
         if weight <= 0:
-            raise RoundFailedError(f"node {node_id} reported {weight} training samples; expected > 0")
+            raise RoundFailedError(
+                f"node {node_id} reported {weight} training samples; expected > 0"
+            )
         if set(params) != set(self._sums):
             raise RoundFailedError(
                 f"node {node_id} sent parameters {sorted(set(params) ^ set(self._sums))[:5]} that do "
@@ -63,7 +65,9 @@ class Aggregator:
     def finish(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def aggregate(self, replies: Mapping[str, tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+    def aggregate(
+        self, replies: Mapping[str, tuple[Mapping[str, np.ndarray], float]]
+    ) -> dict[str, np.ndarray]:
         """Aggregate a whole round at once: node_id -> (params, weight)."""
         first = next(iter(replies.values()))[0]
         self.start(first)
@@ -99,7 +103,9 @@ class FedAverage(Aggregator):
 
     def add(self, node_id: str, params: Mapping[str, np.ndarray], weight: float) -> None:
         if weight <= 0:
-            raise RoundFailedError(f"node {node_id} reported {weight} training samples; expected > 0")
+            raise RoundFailedError(
+                f"node {node_id} reported {weight} training samples; expected > 0"
+            )
         if set(params) != set(self._sums):
             raise RoundFailedError(
                 f"node {node_id} sent parameters {sorted(set(params) ^ set(self._sums))[:5]} that do "
@@ -127,7 +133,12 @@ class FedAverage(Aggregator):
             result = np.empty(total.shape, dtype=self._dtypes[name])
             for start in range(0, total.size, _CHUNK):
                 stop = start + _CHUNK
-                np.divide(total.reshape(-1)[start:stop], self._total, out=result.reshape(-1)[start:stop], casting="unsafe")
+                np.divide(
+                    total.reshape(-1)[start:stop],
+                    self._total,
+                    out=result.reshape(-1)[start:stop],
+                    casting="unsafe",
+                )
             out[name] = result
         return out
 

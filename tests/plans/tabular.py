@@ -13,8 +13,12 @@ class LogisticPlan(TorchTrainingPlan):
     """Logistic regression on x0..x3 -> y, plain SGD, full batch."""
 
     def init_dependencies(self):
-        return ["import pandas as pd", "import torch", "from common.data import DataManager",
-                "from common.optimizers.optimizer import Optimizer"]
+        return [
+            "import pandas as pd",
+            "import torch",
+            "from common.data import DataManager",
+            "from common.optimizers.optimizer import Optimizer",
+        ]
 
     def init_model(self):
         torch.manual_seed(0)
@@ -25,7 +29,9 @@ class LogisticPlan(TorchTrainingPlan):
 
     def training_data(self):
         df = pd.read_csv(self.dataset_path)
-        return DataManager(dataset=df.drop(columns="y").values.astype("float32"), target=df["y"].values)
+        return DataManager(
+            dataset=df.drop(columns="y").values.astype("float32"), target=df["y"].values
+        )
 
     def training_step(self, data, target):
         logits = self.model()(data).squeeze(1)
@@ -64,7 +70,10 @@ class ScaffoldLogisticPlan(LogisticPlan):
     """Logistic regression with Scaffold client correction on the node."""
 
     def init_dependencies(self):
-        return [*super().init_dependencies(), "from common.optimizers.declearn import ScaffoldClientModule"]
+        return [
+            *super().init_dependencies(),
+            "from common.optimizers.declearn import ScaffoldClientModule",
+        ]
 
     def init_optimizer(self):
         from common.optimizers.declearn import ScaffoldClientModule

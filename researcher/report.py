@@ -1,0 +1,172 @@
+"""`fedloom researcher report DIR`: a PNG of loss and metrics per round, and a summary table.
+
+Everything is computed from the experiment folder's metrics.jsonl: per round, the number of
+nodes that answered and failed, the training loss and every validation metric averaged over
+the nodes weighted by their sample counts, and the round's duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigurationError
+from researcher.history import METRICS_FILE, MetricsLog, RoundRecord, rounds_from_rows
+
+__all__ = ["RoundSummary", "load_history", "plot_history", "summarize", "summary_table"]
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.png"
+
+#: Panels per row of the figure: loss plus up to two metrics side by side stays readable
+#: on a laptop screen; more metrics wrap to further rows.
+PANELS_PER_ROW = 3
+#: Figure size per panel in inches, and resolution: a 3-panel row is ~1500 px wide.
+PANEL_INCHES = (5.0, 3.6)
+DPI = 100
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """One round's line of the summary table."""
+
+    round: int
+    answered: int
+    failed: int
+    mean_loss: float | None
+    metrics: dict[str, float]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "answered": self.answered,
+            "failed": self.failed,
+            "mean_loss": self.mean_loss,
+            "metrics": dict(self.metrics),
+            "seconds": self.seconds,
+        }
+
+
+def load_history(folder: Path) -> list[RoundRecord]:
+    """The rounds recorded in `folder/metrics.jsonl`."""
+    folder = Path(folder)
+    path = folder / METRICS_FILE if folder.is_dir() else folder
+    if not path.is_file():
+        nested = (
+            sorted(p.parent.name for p in folder.glob(f"*/{METRICS_FILE}"))
+            if folder.is_dir()
+            else []
+        )
+        hint = f"; experiment folders found inside: {', '.join(nested)}" if nested else ""
+        raise ConfigurationError(f"no {METRICS_FILE} in {folder}: pass an experiment folder{hint}")
+    records = rounds_from_rows(MetricsLog.read(path))
+    if not records:
+        raise ConfigurationError(f"{path} is empty: no round has completed yet")
+    return records
+
+
+def summarize(records: list[RoundRecord]) -> list[RoundSummary]:
+    """One RoundSummary per round."""
+    return [
+        RoundSummary(
+            round=r.round,
+            answered=len(r.nodes),
+            failed=len(r.failures),
+            mean_loss=r.mean_loss,
+            metrics=r.mean_metrics(),
+            seconds=r.seconds,
+        )
+        for r in records
+    ]
+
+
+def summary_table(summaries: list[RoundSummary], title: str) -> Any:
+    """A rich Table of the summaries (metrics as columns)."""
+    from rich.table import Table
+
+    metric_names = sorted({name for s in summaries for name in s.metrics})
+    table = Table(title=title)
+    for column in ("round", "answered", "failed", "mean loss", *metric_names, "seconds"):
+        table.add_column(column, justify="right")
+    for s in summaries:
+        table.add_row(
+            str(s.round),
+            str(s.answered),
+            str(s.failed),
+            _fmt(s.mean_loss),
+            *(_fmt(s.metrics.get(name)) for name in metric_names),
+            f"{s.seconds:.2f}",
+        )
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def plot_history(records: list[RoundRecord], path: Path, title: str = "") -> Path:
+    """Write a PNG: training loss, then each validation metric, per round (mean and per node)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+    except ImportError as exc:
+        raise ConfigurationError(
+            "the report needs matplotlib: pip install 'fedloom[plots]' (or pip install matplotlib)"
+        ) from exc
+    metric_names = sorted({name for r in records for node in r.nodes for name in node.metrics})
+    panels = ["loss", *metric_names]
+    columns = min(len(panels), PANELS_PER_ROW)
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows), squeeze=False
+    )
+    node_names = sorted({node.node_name for r in records for node in r.nodes})
+    for index, panel in enumerate(panels):
+        ax = axes[index // columns][index % columns]
+        for name in node_names:
+            points = [
+                (r.round, _node_value(node, panel))
+                for r in records
+                for node in r.nodes
+                if node.node_name == name and _node_value(node, panel) is not None
+            ]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker=".", linewidth=1, alpha=0.6, label=name)
+        means = [
+            (r.round, r.mean_loss if panel == "loss" else r.mean_metrics().get(panel))
+            for r in records
+        ]
+        means = [(x, y) for x, y in means if y is not None]
+        if means:
+            xs, ys = zip(*means, strict=True)
+            ax.plot(xs, ys, color="black", linewidth=2.5, marker="o", label="weighted mean")
+        ax.set_title("training loss" if panel == "loss" else panel)
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    for index in range(len(panels), rows * columns):
+        axes[index // columns][index % columns].set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=DPI, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _node_value(node: Any, panel: str) -> float | None:
+    return node.loss if panel == "loss" else node.metrics.get(panel)
