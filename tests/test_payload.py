@@ -93,9 +93,13 @@ def test_oversized_payload_is_refused_before_allocating() -> None:
 
 def test_first_chunk_without_manifest_or_wrong_version_is_refused() -> None:
     with pytest.raises(PayloadError, match="manifest"):
-        PayloadAssembler().feed(pb.PayloadChunk(protocol_version=PROTOCOL_VERSION, payload_id="x", data=b"1"))
+        PayloadAssembler().feed(
+            pb.PayloadChunk(protocol_version=PROTOCOL_VERSION, payload_id="x", data=b"1")
+        )
     with pytest.raises(ProtocolVersionError, match="same fedloom version"):
-        PayloadAssembler().feed(pb.PayloadChunk(protocol_version=PROTOCOL_VERSION + 1, payload_id="x"))
+        PayloadAssembler().feed(
+            pb.PayloadChunk(protocol_version=PROTOCOL_VERSION + 1, payload_id="x")
+        )
 
 
 def test_manifest_lies_are_refused() -> None:

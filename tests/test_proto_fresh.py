@@ -31,5 +31,11 @@ def test_generated_protobuf_modules_are_up_to_date(tmp_path: Path) -> None:
 def test_every_message_carrying_a_protocol_version_defaults_to_unset() -> None:
     from common.proto import fedloom_pb2 as pb
 
-    for message in (pb.NodeMessage, pb.ResearcherMessage, pb.PayloadChunk, pb.DownloadRequest, pb.UploadAck):
+    for message in (
+        pb.NodeMessage,
+        pb.ResearcherMessage,
+        pb.PayloadChunk,
+        pb.DownloadRequest,
+        pb.UploadAck,
+    ):
         assert "protocol_version" in message.DESCRIPTOR.fields_by_name, message.__name__
