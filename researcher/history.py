@@ -60,18 +60,26 @@ class RoundRecord:
 
     @property
     def mean_loss(self) -> float | None:
+        """Sample-weighted mean training loss; a plain mean when sample counts are hidden (SecAgg)."""
         weighted = [(r.loss, r.n_samples) for r in self.nodes if r.loss is not None]
+        if not weighted:
+            return None
         total = sum(n for _, n in weighted)
-        return sum(loss * n for loss, n in weighted) / total if total else None
+        if not total:
+            return sum(loss for loss, _ in weighted) / len(weighted)
+        return sum(loss * n for loss, n in weighted) / total
 
     def mean_metrics(self) -> dict[str, float]:
-        """Each validation metric averaged over the nodes reporting it, weighted by sample count."""
+        """Each validation metric averaged over the nodes reporting it, weighted by sample count
+        (equal weights when sample counts are hidden by SecAgg)."""
         sums: dict[str, float] = {}
         weights: dict[str, float] = {}
+        hidden = all(node.n_samples == 0 for node in self.nodes)
         for node in self.nodes:
+            weight = 1 if hidden else node.n_samples
             for name, value in node.metrics.items():
-                sums[name] = sums.get(name, 0.0) + value * node.n_samples
-                weights[name] = weights.get(name, 0.0) + node.n_samples
+                sums[name] = sums.get(name, 0.0) + value * weight
+                weights[name] = weights.get(name, 0.0) + weight
         return {name: sums[name] / weights[name] for name in sorted(sums) if weights[name] > 0}
 
     def to_dict(self) -> dict[str, Any]:
