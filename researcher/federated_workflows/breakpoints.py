@@ -28,6 +28,7 @@ from researcher.checkpoint import (
 )
 from researcher.federated_workflows.run_options import run_options
 from researcher.history import METRICS_FILE, MetricsLog, RoundRecord
+from researcher.round_params import AggregatedParams
 from researcher.settings import runtime_settings
 from researcher.strategies import Strategy, strategy_from_state
 
@@ -68,7 +69,7 @@ class BreakpointsMixin:
     _plan_class: Any
     _history: list[RoundRecord]
     _replies: dict[int, dict[str, dict[str, Any]]]
-    _aggregated: dict[int, dict[str, Any]]
+    _aggregated: AggregatedParams
     _checkpointed_round: int | None
     _resume_pending: bool
 
@@ -202,7 +203,7 @@ class BreakpointsMixin:
             self._researcher_optimizer.set_state(saved["state"], optim_arrays)
         self._history = [RoundRecord.from_dict(r) for r in state.get("history", [])]
         self._replies = {record.round: _replies_from_record(record) for record in self._history}
-        self._aggregated = {self._round: {"params": params}} if self._round else {}
+        self._aggregated.restore(self._round, params)
         self._checkpointed_round = self._round
         self._resume_pending = False
         MetricsLog(self.experimentation_folder() / METRICS_FILE).truncate_after(self._round)

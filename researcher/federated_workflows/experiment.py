@@ -33,6 +33,7 @@ from researcher.history import (
 from researcher.node_directory import ConnectedNode
 from researcher.progress import ProgressReporter, make_progress
 from researcher.round import NodeReply, PlanInfo, RoundRequest, run_round
+from researcher.round_params import AggregatedParams
 from researcher.server import ResearcherServer, get_server
 from researcher.settings import runtime_settings
 from researcher.strategies import DefaultStrategy, Strategy
@@ -101,7 +102,9 @@ class Experiment(BreakpointsMixin):
         self._show_progress = show_progress
         self._round = 0
         self._global_params: dict[str, np.ndarray] | None = None
-        self._aggregated: dict[int, dict[str, Any]] = {}
+        self._aggregated = AggregatedParams(
+            lambda: self.experimentation_folder() / "aggregated_params"
+        )
         self._replies: dict[int, dict[str, dict[str, Any]]] = {}
         self._history: list[RoundRecord] = []
         self._server: ResearcherServer | None = None
@@ -335,10 +338,10 @@ class Experiment(BreakpointsMixin):
     def secagg(self) -> Any:
         return self._secagg
 
-    def aggregated_params(self) -> dict[int, dict[str, Any]]:
-        """round -> {"params": global parameters after that round}.
+    def aggregated_params(self) -> AggregatedParams:
+        """round -> {"params": global parameters after that round, "params_path": its file}.
 
-        After `load_breakpoint`, only the checkpointed round's parameters are known.
+        Kept on disk in the experiment folder (only the latest round in memory).
         """
         return self._aggregated
 
@@ -453,12 +456,17 @@ class Experiment(BreakpointsMixin):
         return self._plan_info
 
     def _check_configuration(self) -> None:
+        from researcher.optimization import check_optimizer_pairing
+
         plan = self._ensure_plan()
-        if self._researcher_optimizer is not None:
+        spec = plan.optimizer_spec()
+        native = False
+        if spec is None:
             import torch
 
             native = isinstance(getattr(plan, "optimizer", lambda: None)(), torch.optim.Optimizer)
-            self._researcher_optimizer.check_compatibility(plan.optimizer_spec(), native)
+        # Also without an agg_optimizer: aux-var modules in the plan need their counterpart.
+        check_optimizer_pairing(self._agg_optimizer, spec, native)
 
     def _wait_for_nodes(self, server: ResearcherServer, settle: bool) -> list[ConnectedNode]:
         def eligible() -> list[ConnectedNode]:
@@ -689,7 +697,7 @@ class Experiment(BreakpointsMixin):
         self._round = round_number
         if self._plan is not None:
             self._plan.set_parameters(new_params)
-        self._aggregated[round_number] = {"params": new_params}
+        self._aggregated.record(round_number, new_params)
         self._replies[round_number] = replies
         self._history.append(record)
         MetricsLog(self.experimentation_folder() / METRICS_FILE).append(record)
