@@ -8,6 +8,7 @@ takes down only that child. Logs go to stderr as JSON lines, relayed to the rese
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import time
 import traceback
 import types
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,26 @@ def _write_state(
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _skip_torch_weight_init() -> Iterator[None]:
+    """Make torch.nn.init's in-place initialisers no-ops while the node builds the model."""
+    import torch
+
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for name in names:
+            setattr(torch.nn.init, name, _return_tensor)
+        yield
+    finally:
+        for name, func in saved.items():
+            setattr(torch.nn.init, name, func)
+
+
+def _return_tensor(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+    return tensor
+
+
 def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one train task described by `spec`; returns the result dict (also on plan errors)."""
     from common.optimizers.aux_codec import decode_aux_vars, encode_aux_vars
@@ -128,7 +150,10 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     plan = plan_class()
     plan.dataset_path = spec["dataset_path"]
     training_args = TrainingArgs.from_json(spec["training_args_json"])
-    plan.post_init(json.loads(spec["model_args_json"] or "{}"), training_args)
+    with _skip_torch_weight_init():
+        # Every floating tensor of the model is overwritten by the global parameters just
+        # below, so drawing random initial weights would be wasted work (0.1 s per 10M).
+        plan.post_init(json.loads(spec["model_args_json"] or "{}"), training_args)
     arrays = read_payload_file(Path(spec["global_payload_path"])).arrays()
     plan.set_parameters({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
     optimizer = plan.training_optimizer()
