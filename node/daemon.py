@@ -29,7 +29,7 @@ from node.home import NodeHome
 from node.registry import DatasetRegistry
 from node.tasks import TaskHandler
 
-__all__ = ["NodeDaemon", "run_node"]
+__all__ = ["EXIT_REFUSED", "NodeDaemon", "diagnose_connect_failure", "run_node"]
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,16 @@ class NodeDaemon:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         if code == grpc.StatusCode.UNAVAILABLE:
-            log.warning("researcher at %s is unreachable (%s)", self.researcher, details)
+            cause = diagnose_connect_failure(details or "", tls=self._credentials is not None)
+            if cause is not None:
+                log.error(
+                    "cannot connect to the researcher at %s: %s (%s)",
+                    self.researcher,
+                    cause,
+                    details,
+                )
+            else:
+                log.warning("researcher at %s is unreachable (%s)", self.researcher, details)
         elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             log.error("the researcher at %s refused this node: %s", self.researcher, details)
         elif code == grpc.StatusCode.CANCELLED and self._stop.is_set():
@@ -268,6 +277,51 @@ class NodeDaemon:
             if task is None:
                 return
             self._handler.handle(task)
+
+
+#: Markers in gRPC's error details (grpc core + BoringSSL wording, grpcio 1.85) that tell a
+#: TLS misconfiguration from a researcher that is simply down. Each maps to a cause naming
+#: the fix; "Socket closed" is what a peer sees when the other side drops the handshake.
+_UNTRUSTED_SERVER = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
+_WRONG_HOST = ("not in peer certificate",)
+_SERVER_WITHOUT_TLS = ("WRONG_VERSION_NUMBER",)
+_HANDSHAKE_DROPPED = ("Socket closed", "Connection reset")
+
+
+def diagnose_connect_failure(details: str, *, tls: bool) -> str | None:
+    """The likely TLS cause of a failed connection attempt, with its fix; None if not TLS.
+
+    ``details`` is the UNAVAILABLE status text gRPC gives the node; ``tls`` whether this
+    node dials with TLS. The researcher never sees these connections (they fail before
+    any RPC), so this is the only place such a cause can be explained.
+    """
+    if any(m in details for m in _UNTRUSTED_SERVER):
+        return (
+            "this node does not trust the researcher's certificate: --ca must be the CA that "
+            "signed it (ask the researcher's operator for their ca.pem)"
+        )
+    if any(m in details for m in _WRONG_HOST):
+        return (
+            "the researcher's certificate does not name the host this node dials: use a "
+            "--researcher host listed in its certificate, or reissue it with that host"
+        )
+    if any(m in details for m in _SERVER_WITHOUT_TLS):
+        return (
+            "the researcher does not speak TLS (it runs with --insecure?): run both sides "
+            "with TLS, or both with --insecure for local development"
+        )
+    if any(m in details for m in _HANDSHAKE_DROPPED):
+        if tls:
+            return (
+                "the researcher closed the connection during the TLS handshake: it most likely "
+                "does not accept this node's certificate (--cert issued by another CA, or "
+                "expired); use the node.pem issued with the researcher's CA"
+            )
+        return (
+            "the researcher closed the plain-text connection: it most likely requires TLS "
+            "(the default); start this node with --ca/--cert/--key instead of --insecure"
+        )
+    return None
 
 
 def _channel_credentials(

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from common.constants import DEFAULT_PORT
+from common.errors import ConfigurationError
 from researcher.servicer import NodeAuthenticator, allow_any_node
 
 __all__ = ["RuntimeSettings", "runtime_settings"]
@@ -31,24 +32,40 @@ class RuntimeSettings:
     cert_dir: Path | None
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
-        if self.insecure or self.cert_dir is None:
-            if not self.insecure:
-                return None
+        """TLS credentials from ``cert_dir``; None (plain text) only when ``insecure``."""
+        if self.insecure:
             log.warning(
                 "researcher server runs WITHOUT TLS (--insecure): traffic is readable and "
                 "node identities are not verified; use only for local development"
             )
             return None
+        if self.cert_dir is None:
+            # Never fall back to plain text silently when TLS was asked for.
+            raise ConfigurationError(
+                "TLS is on (FEDLOOM_INSECURE=0) but no certificate directory is set: set "
+                "FEDLOOM_CERT_DIR (`fedloom researcher run --certs DIR`), or FEDLOOM_INSECURE=1 "
+                "(--insecure) for local development"
+            )
         from common.tls import server_credentials
 
         return server_credentials(self.cert_dir)
 
     def authenticator(self) -> NodeAuthenticator:
+        """The servicer's node check: certificate identity and allowlist, unless ``insecure``."""
         if self.insecure or self.cert_dir is None:
             return allow_any_node
         from researcher.auth import make_authenticator
 
-        return make_authenticator(self.cert_dir)
+        policy = make_authenticator(self.cert_dir)
+
+        def authenticate(context: grpc.ServicerContext, claimed_node_id: str) -> str | None:
+            # Abort with the policy's own status (UNAUTHENTICATED: no proof of identity or
+            # off the allowlist; PERMISSION_DENIED: claims another node's id) and reason,
+            # rather than returning the reason for the servicer to answer with one code.
+            policy.node_id(context, claimed_node_id)
+            return None
+
+        return authenticate
 
 
 def runtime_settings() -> RuntimeSettings:

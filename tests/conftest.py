@@ -7,17 +7,25 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from common.tls import CertDirectory, NodeCertPaths
 
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Seconds a test waits for node processes to connect (torch import on a loaded 2-core CI box).
 NODE_CONNECT_TIMEOUT = 60.0
+
+#: Node ids the `tls_researcher` fixture issues client certificates for.
+TLS_NODE_IDS = ("node-1", "node-2", "node-3")
 
 
 def free_port() -> int:
@@ -53,6 +61,15 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_log(self, text: str, timeout: float = NODE_CONNECT_TIMEOUT) -> bool:
+        """Poll the node's log until it contains `text` (True) or `timeout` s pass (False)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
@@ -81,6 +98,36 @@ def researcher_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     shutdown_server()
 
 
+@dataclass(frozen=True)
+class TlsResearcher:
+    """Address of the in-process researcher serving mutual TLS, and its certificates."""
+
+    address: str
+    certs: CertDirectory
+
+
+@pytest.fixture
+def tls_researcher(
+    researcher_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> TlsResearcher:
+    """`researcher_address` switched to mutual TLS, with certificates for TLS_NODE_IDS.
+
+    The server reads its settings when first used: write `certs.root / "allowed_nodes.txt"`
+    before that to restrict the nodes it accepts.
+    """
+    from common.tls import init_certs
+
+    certs = init_certs(tmp_path / "pki", ["127.0.0.1", "localhost"], TLS_NODE_IDS)
+    monkeypatch.setenv("FEDLOOM_CERT_DIR", str(certs.root))
+    monkeypatch.setenv("FEDLOOM_INSECURE", "0")
+    return TlsResearcher(researcher_address, certs)
+
+
+def tls_args(paths: NodeCertPaths) -> list[str]:
+    """`node start` flags presenting and trusting the given certificate files."""
+    return ["--ca", str(paths.ca), "--cert", str(paths.cert), "--key", str(paths.key)]
+
+
 NodeFactory = Callable[..., NodeProcess]
 
 
@@ -101,10 +148,13 @@ def start_node(tmp_path: Path, researcher_address: str) -> Iterator[NodeFactory]
         extra_args: Sequence[str] = (),
         home: Path | None = None,
         address: str | None = None,
+        node_id: str | None = None,
+        insecure: bool = True,
     ) -> NodeProcess:
+        """`insecure=False` leaves TLS to `extra_args` (see `tls_args`); `node_id` names a new home."""
         home = home or tmp_path / "nodes" / name
         if not (home / "config.toml").exists():
-            node_home = NodeHome(home).init(name=name)
+            node_home = NodeHome(home).init(name=name, node_id=node_id)
             registry = DatasetRegistry(node_home.db_path)
             for ds_name, tags, path, target in datasets:
                 registry.add(
@@ -126,7 +176,7 @@ def start_node(tmp_path: Path, researcher_address: str) -> Iterator[NodeFactory]
             "start",
             "--researcher",
             address or researcher_address,
-            "--insecure",
+            *(["--insecure"] if insecure else []),
             *extra_args,
         ]
         proc = subprocess.Popen(
