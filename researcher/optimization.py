@@ -3,8 +3,8 @@
 After aggregation, `ResearcherOptimizer.step` hands the aggregated aux vars to the optimizer's
 modules, takes the pseudo-gradient `global - aggregated` and applies one declearn step to the
 global parameters. `collect_aux_var_for` gives what goes to the nodes with the next train
-request, and `check_compatibility` catches the pairing mistakes listed in the seed page's
-"common pitfalls" before a round is wasted.
+request, and `check_optimizer_pairing` (also with no researcher optimizer at all) catches the
+pairing mistakes listed in the seed page's "common pitfalls" before a round is wasted.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from common.errors import ConfigurationError, PayloadError
 from common.optimizers.optimizer import Optimizer
 from common.optimizers.targets import check_same_keys
 
-__all__ = ["ResearcherOptimizer", "aggregate_aux_vars"]
+__all__ = ["ResearcherOptimizer", "aggregate_aux_vars", "check_optimizer_pairing"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,65 +144,89 @@ class ResearcherOptimizer:
         without a fedloom Optimizer (`native_torch` tells whether that is a torch.optim one).
         Raises ConfigurationError for pairings that cannot work.
         """
-        warnings: list[str] = []
-        if self._optimizer.regularizer_names:
+        return check_optimizer_pairing(self._optimizer, node_optimizer_spec, native_torch)
+
+
+def check_optimizer_pairing(
+    agg_optimizer: Optimizer | None,
+    node_optimizer_spec: Mapping[str, Any] | None,
+    native_torch: bool,
+) -> list[str]:
+    """Check an experiment's researcher optimizer (or None) against its plan's; return warnings.
+
+    `node_optimizer_spec` is the plan optimizer's `to_spec()`, or None when the plan trains
+    without a fedloom Optimizer (`native_torch` tells whether that is a torch.optim one).
+    Raises ConfigurationError for pairings that cannot work (the seed page's pitfalls): an
+    aux-var module on one side without its counterpart on the other, a module on the wrong
+    side, aux vars for a native torch optimizer. Called before any round, so a mistake
+    costs no training.
+    """
+    warnings: list[str] = []
+    own: dict[str, str] = {}
+    if agg_optimizer is not None:
+        if agg_optimizer.regularizer_names:
             warnings.append(
-                f"the researcher optimizer has regularizers {self._optimizer.regularizer_names}: "
+                f"the researcher optimizer has regularizers {agg_optimizer.regularizer_names}: "
                 "on the researcher they act on the global model's pseudo-gradient, which is "
                 "rarely meant; put regularizers (e.g. FedProxRegularizer) in the training plan's "
                 "optimizer"
             )
-        own = self._optimizer.aux_var_modules()
-        for module in own.values():
-            if module.endswith(_NODE_SIDE_SUFFIX):
-                raise ConfigurationError(
-                    f"module {module!r} belongs in the training plan's optimizer, not the "
-                    f"researcher's: use its '{_RESEARCHER_SIDE_SUFFIX}' counterpart here "
-                    "(e.g. ScaffoldServerModule)"
-                )
-        if node_optimizer_spec is None:
-            node: dict[str, str] = {}
-            if own:
-                raise ConfigurationError(self._no_node_optimizer_message(own, native_torch))
-        else:
-            node = Optimizer.from_spec(node_optimizer_spec).aux_var_modules()
-        for module in node.values():
-            if module.endswith(_RESEARCHER_SIDE_SUFFIX):
-                raise ConfigurationError(
-                    f"the training plan's optimizer has {module!r}, which belongs on the "
-                    f"researcher: use its '{_NODE_SIDE_SUFFIX}' counterpart in init_optimizer() "
-                    "(e.g. ScaffoldClientModule)"
-                )
-        missing_on_nodes = sorted(set(own) - set(node))
-        if missing_on_nodes:
+        own = agg_optimizer.aux_var_modules()
+    for module in own.values():
+        if module.endswith(_NODE_SIDE_SUFFIX):
             raise ConfigurationError(
-                f"the researcher optimizer's modules {[own[k] for k in missing_on_nodes]} "
-                f"exchange aux vars {missing_on_nodes} but the training plan's optimizer has no "
-                "counterpart: add it to init_optimizer() (e.g. modules=[ScaffoldClientModule()])"
+                f"module {module!r} belongs in the training plan's optimizer, not the "
+                f"researcher's: use its '{_RESEARCHER_SIDE_SUFFIX}' counterpart here "
+                "(e.g. ScaffoldServerModule)"
             )
-        missing_on_researcher = sorted(set(node) - set(own))
-        if missing_on_researcher:
+    if node_optimizer_spec is None:
+        node: dict[str, str] = {}
+        if own:
+            raise ConfigurationError(_no_node_optimizer_message(own, native_torch))
+    else:
+        node = Optimizer.from_spec(node_optimizer_spec).aux_var_modules()
+    for module in node.values():
+        if module.endswith(_RESEARCHER_SIDE_SUFFIX):
             raise ConfigurationError(
-                f"the training plan's optimizer modules {[node[k] for k in missing_on_researcher]} "
-                f"exchange aux vars {missing_on_researcher} but the researcher optimizer has no "
-                "counterpart: set an agg_optimizer with it "
-                "(e.g. Optimizer(lr=1.0, modules=[ScaffoldServerModule()]))"
+                f"the training plan's optimizer has {module!r}, which belongs on the "
+                f"researcher: use its '{_NODE_SIDE_SUFFIX}' counterpart in init_optimizer() "
+                "(e.g. ScaffoldClientModule)"
             )
-        for message in warnings:
-            logger.warning(message)
-        return warnings
+    missing_on_nodes = sorted(set(own) - set(node))
+    if missing_on_nodes:
+        raise ConfigurationError(
+            f"the researcher optimizer's modules {[own[k] for k in missing_on_nodes]} "
+            f"exchange aux vars {missing_on_nodes} but the training plan's optimizer has no "
+            "counterpart: add it to init_optimizer() (e.g. modules=[ScaffoldClientModule()])"
+        )
+    missing_on_researcher = sorted(set(node) - set(own))
+    if missing_on_researcher:
+        where = (
+            "the researcher optimizer has no counterpart"
+            if agg_optimizer is not None
+            else "the experiment has no agg_optimizer"
+        )
+        raise ConfigurationError(
+            f"the training plan's optimizer modules {[node[k] for k in missing_on_researcher]} "
+            f"exchange aux vars {missing_on_researcher} but {where}: set an agg_optimizer with "
+            "the counterpart module (e.g. Optimizer(lr=1.0, modules=[ScaffoldServerModule()]))"
+        )
+    for message in warnings:
+        logger.warning(message)
+    return warnings
 
-    def _no_node_optimizer_message(self, own: Mapping[str, str], native_torch: bool) -> str:
-        modules = sorted(own.values())
-        if native_torch:
-            return (
-                f"the researcher optimizer's modules {modules} exchange aux vars with the nodes, "
-                "but the training plan trains with a native torch.optim optimizer, which cannot: "
-                "return Optimizer(lr=..., modules=[ScaffoldClientModule()]) (the counterpart "
-                "module) from init_optimizer()"
-            )
+
+def _no_node_optimizer_message(own: Mapping[str, str], native_torch: bool) -> str:
+    modules = sorted(own.values())
+    if native_torch:
         return (
             f"the researcher optimizer's modules {modules} exchange aux vars with the nodes, "
-            "but the training plan has no fedloom Optimizer: return one with the counterpart "
-            "module (e.g. modules=[ScaffoldClientModule()]) from init_optimizer()"
+            "but the training plan trains with a native torch.optim optimizer, which cannot: "
+            "return Optimizer(lr=..., modules=[ScaffoldClientModule()]) (the counterpart "
+            "module) from init_optimizer()"
         )
+    return (
+        f"the researcher optimizer's modules {modules} exchange aux vars with the nodes, "
+        "but the training plan has no fedloom Optimizer: return one with the counterpart "
+        "module (e.g. modules=[ScaffoldClientModule()]) from init_optimizer()"
+    )
