@@ -527,7 +527,6 @@ class Experiment(BreakpointsMixin):
     def _run_round(
         self, progress: ProgressReporter, tensorboard: TensorBoardLog | None, settle: bool
     ) -> None:
-        self._check_configuration()
         self._server = get_server()
         server = self._server
         nodes = self._wait_for_nodes(server, settle)
