@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from node.worker import LOG_END_KEY
+
 __all__ = ["TaskExecutor", "TaskOutcome"]
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,10 @@ FORK_TIMEOUT_SECONDS = 120.0
 
 #: Seconds to wait for the zygote to report a killed child's exit.
 REAP_TIMEOUT_SECONDS = 10.0
+
+#: Seconds to wait, once a task ended, for the relay to pass on its last log lines: they are
+#: already in the pipe then, so only a relay thread starved of CPU needs more than a moment.
+LOG_DRAIN_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass
@@ -58,10 +64,27 @@ class _Zygote:
             env=env,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
+        self._logs_ended: set[int] = set()
+        self._logs_cond = threading.Condition()
         threading.Thread(target=self._read_protocol, name="zygote-out", daemon=True).start()
         threading.Thread(
-            target=_relay, args=(self.proc.stderr, on_log), name="zygote-log", daemon=True
+            target=_relay,
+            args=(self.proc.stderr, on_log, self._log_end),
+            name="zygote-log",
+            daemon=True,
         ).start()
+
+    def _log_end(self, pid: int) -> None:
+        with self._logs_cond:
+            self._logs_ended.add(pid)
+            self._logs_cond.notify_all()
+
+    def wait_logs_relayed(self, pid: int, timeout: float) -> bool:
+        """Block until every log line of task process `pid` went to the sink (False on timeout)."""
+        with self._logs_cond:
+            relayed = self._logs_cond.wait_for(lambda: pid in self._logs_ended, timeout)
+            self._logs_ended.discard(pid)
+        return relayed
 
     def _read_protocol(self) -> None:
         assert self.proc.stdout is not None
@@ -154,6 +177,9 @@ class TaskExecutor:
                 self._running.pop(task_id, None)
                 cancel_reason = self._cancelled.pop(task_id, None)
         elapsed = time.monotonic() - started
+        # The reply must not overtake the task's last log lines (often the reason it failed).
+        if code is not None and not zygote.wait_logs_relayed(pid, LOG_DRAIN_TIMEOUT_SECONDS):
+            log.warning("task %s: its last log lines may reach the researcher late", task_id)
         if cancel_reason is not None:
             return TaskOutcome(_error("Cancelled", f"cancelled by the researcher: {cancel_reason}"))
         if timed_out:
@@ -222,7 +248,7 @@ def _kill_group(pid: int) -> None:
             pass
 
 
-def _relay(stream: IO[str] | None, on_log: LogSink) -> None:
+def _relay(stream: IO[str] | None, on_log: LogSink, on_end: Callable[[int], None]) -> None:
     if stream is None:
         return
     for line in stream:
@@ -231,6 +257,9 @@ def _relay(stream: IO[str] | None, on_log: LogSink) -> None:
             continue
         try:
             record = json.loads(line)
+            if isinstance(record, dict) and LOG_END_KEY in record:
+                on_end(int(record[LOG_END_KEY]))
+                continue
             level, message = record["level"], record["message"]
         except (ValueError, KeyError, TypeError):
             level, message = "WARNING", line

@@ -302,8 +302,9 @@ class TaskHandler:
             problems = "; ".join(verdict.problems) or "content hash differs"
             raise TaskRefused(
                 "DatasetChanged",
-                f"dataset {name!r} on node {self.home.name} changed since it was registered "
-                f"({problems}); its operator must check it and register it again",
+                f"dataset {name!r} on node {self.home.name} no longer matches its registration: "
+                f"{problems}. Its operator must check the data, then register it again "
+                f"(`fedloom node --home {self.home.path} dataset remove {name}`, then `dataset add`)",
             )
         return dataset
 

@@ -27,6 +27,9 @@ import numpy as np
 
 log = logging.getLogger("node.worker")
 
+#: Key of the stderr line the zygote writes after a child's last log line (see _serve_forks).
+LOG_END_KEY = "task_end"
+
 #: Frames of a plan's traceback sent to the researcher: enough to locate the error,
 #: small enough for a log line.
 TRACEBACK_FRAMES = 6
@@ -253,7 +256,8 @@ def _serve_forks() -> None:
     """Zygote loop: fork one fresh child per task spec path read on stdin.
 
     Protocol on stdout, one line each: ``pid <child pid>`` when a task starts and
-    ``exit <child pid> <exit code>`` when it ends (negative: killed by that signal).
+    ``exit <child pid> <exit code>`` when it ends (negative: killed by that signal). On
+    stderr, after the child's log lines, ``{"task_end": <child pid>}`` marks their end.
     """
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of the zygote or its children land in the log relay
@@ -275,6 +279,10 @@ def _serve_forks() -> None:
                 os._exit(code)
         protocol.write(f"pid {pid}\n")
         _, status = os.waitpid(pid, 0)
+        # The child's log lines are all in the stderr pipe by now; this marker follows them,
+        # so the daemon can relay every one of them before it sends the task's reply.
+        sys.stderr.write(json.dumps({LOG_END_KEY: pid}) + "\n")
+        sys.stderr.flush()
         protocol.write(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n")
 
 
