@@ -100,12 +100,14 @@ node_role() {
 
     if [ -z "$(ls -A "$HOME_DIR" 2>/dev/null)" ]; then
         log "first start: initialising node home $HOME_DIR as $name"
-        node_id="${FEDLOOM_NODE_ID:-}"
-        if [ -z "$node_id" ] && [ -f "$CERT_DIR/node.pem" ]; then
+        if [ -n "${FEDLOOM_NODE_ID:-}" ]; then
+            fedloom node --home "$HOME_DIR" init --name "$name" --node-id "$FEDLOOM_NODE_ID" >/dev/null
+        elif [ -f "$CERT_DIR/node.pem" ]; then
             # The node's identity is the one its certificate was issued to.
-            node_id="$(python3 -c 'import sys; from common.tls import read_node_id; print(read_node_id(sys.argv[1]))' "$CERT_DIR/node.pem")"
+            fedloom node --home "$HOME_DIR" init --name "$name" --cert "$CERT_DIR/node.pem" >/dev/null
+        else
+            fedloom node --home "$HOME_DIR" init --name "$name" >/dev/null
         fi
-        fedloom node --home "$HOME_DIR" init --name "$name" ${node_id:+--node-id "$node_id"} >/dev/null
     fi
 
     if [ "${FEDLOOM_DEMO_DATASET:-0}" = 1 ]; then

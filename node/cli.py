@@ -86,7 +86,17 @@ def _split_tags(text: str) -> list[str]:
 @_command
 def cmd_init(args: argparse.Namespace) -> int:
     """Create a node home."""
-    home = NodeHome(_home_path(args)).init(args.name, node_id=args.node_id)
+    node_id = args.node_id
+    if args.cert is not None:
+        from common.tls import read_node_id
+
+        cert_id = read_node_id(args.cert)
+        if node_id is not None and node_id != cert_id:
+            raise ConfigurationError(
+                f"--node-id {node_id} differs from the id {cert_id!r} in {args.cert}: pass only one"
+            )
+        node_id = cert_id
+    home = NodeHome(_home_path(args)).init(args.name, node_id=node_id)
     console = _console()
     console.print(f"Initialised node home {home.path}", markup=False, soft_wrap=True)
     console.print(
@@ -410,6 +420,12 @@ def register(
         "--node-id",
         default=None,
         help="node id (default: random); use the id your TLS certificate was issued to",
+    )
+    init.add_argument(
+        "--cert",
+        type=Path,
+        default=None,
+        help="take the node id from this TLS certificate (node.pem from `fedloom certs`)",
     )
     init.set_defaults(func=cmd_init)
 

@@ -209,7 +209,7 @@ def test_node_first_start_inits_registers_demo_data_and_starts_with_tls(tmp_path
         FEDLOOM_DEMO_DATASET="1", FEDLOOM_DEMO_CSV=str(demo), FEDLOOM_DEMO_NODE_INDEX="2",
     )  # fmt: skip
     assert code == 0, err
-    assert calls[0] == f"node --home {home} init --name node-1"
+    assert calls[0] == f"node --home {home} init --name node-1 --cert {certs / 'node.pem'}"
     assert calls[1].startswith(f"python3 -m fedloom.demo_data {demo} --node-index 2")
     assert (
         f"node --home {home} dataset add --name demo --tags #demo --path {demo} --type csv --target y"
