@@ -496,6 +496,16 @@ def test_start_refuses_a_certificate_issued_to_another_node(
     assert "issued to node 'node-other'" in err and "--node-id node-other" in err
 
 
+def test_init_with_cert_takes_the_node_id_from_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from common.tls import init_certs
+
+    paths = init_certs(tmp_path / "pki", ["localhost"], ["node-3"]).node("node-3")
+    code, _, _ = run(capsys, *node(tmp_path / "h", "init", "--cert", str(paths.cert)))
+    assert code == 0 and NodeHome.open(tmp_path / "h").node_id == "node-3"
+
+
 def test_init_with_node_id_uses_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, _ = run(capsys, *node(tmp_path / "h", "init", "--node-id", "node-7"))
     assert code == 0 and NodeHome.open(tmp_path / "h").node_id == "node-7"
