@@ -133,9 +133,17 @@ def _rows(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.parametrize(
+    "orphan_round_completes",
+    [False, True],
+    ids=["orphaned-round-dropped-on-nodes", "orphaned-round-completed-on-nodes"],
+)
 def test_sigkilled_researcher_resumes_to_the_same_global_params_as_an_uninterrupted_run(
-    tmp_path, start_node, researcher_address
+    tmp_path, start_node, researcher_address, orphan_round_completes
 ):
+    """Round 3 reaches the nodes, then the researcher is SIGKILLed. Either the nodes drop
+    round 3 (no ticket) or they finish it and save its optimizer state (reply lost): the
+    resumed run must not pick up that orphaned state."""
     plan_file = tmp_path / "plan.py"
     plan_file.write_text(EXAMPLE_PLAN.read_text() + TICKETED_PLAN, encoding="utf-8")
     plan_class = load_plan_class(plan_file, "TicketedPlan")
@@ -182,12 +190,22 @@ def test_sigkilled_researcher_resumes_to_the_same_global_params_as_an_uninterrup
     killed.kill()
     killed.wait(timeout=30)
     assert latest_checkpoint(killed_dir) == round_2
-    # Each node's round-3 training finds no ticket and fails; its optimizer state stays at round 2.
-    for node in nodes:
-        _wait_for(
-            lambda node=node: "no ticket: the test holds this round" in node.log(),
-            f"{node.name} to drop round 3",
-        )
+    if orphan_round_completes:
+        # Round 3 gets its ticket and completes on every node; its reply has nowhere to go.
+        for folder in data_dirs:
+            _give_tickets(folder, 1)
+        for node in nodes:
+            _wait_for(
+                lambda node=node: "reply dropped" in node.log() or "not connected" in node.log(),
+                f"{node.name} to finish round 3",
+            )
+    else:
+        # Round 3 finds no ticket and fails on each node; its optimizer state stays at round 2.
+        for node in nodes:
+            _wait_for(
+                lambda node=node: "no ticket: the test holds this round" in node.log(),
+                f"{node.name} to drop round 3",
+            )
 
     for folder in data_dirs:
         _give_tickets(folder, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 
 import numpy as np
@@ -30,40 +31,23 @@ def _accumulate(total: np.ndarray, value: np.ndarray, weight: float) -> bool:
     return True
 
 
-class Aggregator:
+class Aggregator(abc.ABC):
     """Base class: `start()`, then `add()` per reply, then `finish()` gives the new parameters.
 
     Folding replies one at a time keeps memory at one accumulator, never one copy per node.
     """
 
+    @abc.abstractmethod
     def start(self, template: Mapping[str, np.ndarray]) -> None:
-        raise NotImplementedError
+        """Begin a round whose parameters look like `template`."""
 
+    @abc.abstractmethod
     def add(self, node_id: str, params: Mapping[str, np.ndarray], weight: float) -> None:
-        if weight <= 0:
-            raise RoundFailedError(
-                f"node {node_id} reported {weight} training samples; expected > 0"
-            )
-        if set(params) != set(self._sums):
-            raise RoundFailedError(
-                f"node {node_id} sent parameters {sorted(set(params) ^ set(self._sums))[:5]} that do "
-                "not match the global model"
-            )
-        for name, total in self._sums.items():
-            value = np.asarray(params[name])
-            if value.shape != total.shape:
-                raise RoundFailedError(
-                    f"node {node_id} sent {name!r} with shape {value.shape}, expected {total.shape}"
-                )
-            if not _accumulate(total.reshape(-1), value.reshape(-1), weight):
-                raise RoundFailedError(
-                    f"node {node_id} sent non-finite values in {name!r}: lower its learning rate or check its data"
-                )
-        self._total += weight
-        self._nodes.append(node_id)
+        """Fold one node's parameters with its weight (its training sample count)."""
 
+    @abc.abstractmethod
     def finish(self) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The aggregated parameters of the round."""
 
     def aggregate(
         self, replies: Mapping[str, tuple[Mapping[str, np.ndarray], float]]
@@ -78,7 +62,7 @@ class Aggregator:
     def get_state(self) -> dict[str, object]:
         return {"class": type(self).__name__}
 
-    def set_state(self, state: Mapping[str, object]) -> None:
+    def set_state(self, state: Mapping[str, object]) -> None:  # noqa: B027 - optional hook
         """Aggregators without state accept any saved state of their class."""
 
 
@@ -108,8 +92,8 @@ class FedAverage(Aggregator):
             )
         if set(params) != set(self._sums):
             raise RoundFailedError(
-                f"node {node_id} sent parameters {sorted(set(params) ^ set(self._sums))[:5]} that do "
-                "not match the global model"
+                f"node {node_id} sent parameters {sorted(set(params) ^ set(self._sums))[:5]} "
+                "that do not match the global model"
             )
         for name, total in self._sums.items():
             value = np.asarray(params[name])
@@ -117,30 +101,13 @@ class FedAverage(Aggregator):
                 raise RoundFailedError(
                     f"node {node_id} sent {name!r} with shape {value.shape}, expected {total.shape}"
                 )
-            if not np.all(np.isfinite(value)):
+            if not _accumulate(total.reshape(-1), value.reshape(-1), weight):
                 raise RoundFailedError(
-                    f"node {node_id} sent non-finite values in {name!r}: lower its learning rate or check its data"
+                    f"node {node_id} sent non-finite values in {name!r}: lower its learning "
+                    "rate or check its data"
                 )
-            total += weight * value
         self._total += weight
         self._nodes.append(node_id)
-
-    def finish(self) -> dict[str, np.ndarray]:
-        if not self._nodes:
-            raise RoundFailedError("no node reply to aggregate")
-        out = {}
-        for name, total in self._sums.items():
-            result = np.empty(total.shape, dtype=self._dtypes[name])
-            for start in range(0, total.size, _CHUNK):
-                stop = start + _CHUNK
-                np.divide(
-                    total.reshape(-1)[start:stop],
-                    self._total,
-                    out=result.reshape(-1)[start:stop],
-                    casting="unsafe",
-                )
-            out[name] = result
-        return out
 
     def add_sums(self, sums: Mapping[str, np.ndarray], total_weight: float) -> None:
         """Fold an already weighted sum (e.g. unmasked by SecAgg) instead of per-node values."""
@@ -148,3 +115,21 @@ class FedAverage(Aggregator):
             total += np.asarray(sums[name], dtype=np.float64).reshape(total.shape)
         self._total += total_weight
         self._nodes.append("<secure-sum>")
+
+    def finish(self) -> dict[str, np.ndarray]:
+        if not self._nodes:
+            raise RoundFailedError("no node reply to aggregate")
+        out = {}
+        for name, total in self._sums.items():
+            result = np.empty(total.shape, dtype=self._dtypes[name])
+            flat_total, flat_result = total.reshape(-1), result.reshape(-1)
+            for start in range(0, total.size, _CHUNK):
+                stop = start + _CHUNK
+                np.divide(
+                    flat_total[start:stop],
+                    self._total,
+                    out=flat_result[start:stop],
+                    casting="unsafe",
+                )
+            out[name] = result
+        return out

@@ -1,0 +1,54 @@
+"""FedAverage against a straightforward weighted mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.errors import RoundFailedError
+from researcher.aggregators import Aggregator, FedAverage
+
+
+def test_fedaverage_equals_the_sample_weighted_mean_in_each_dtype() -> None:
+    rng = np.random.default_rng(0)
+    replies = {
+        f"n{i}": (
+            {
+                "w": rng.normal(size=(300, 301)).astype(np.float32),
+                "b": rng.normal(size=7),
+                "s": np.float32(i) * np.ones((), np.float32),
+            },
+            float(w),
+        )
+        for i, w in enumerate((10, 250, 3))
+    }
+    got = FedAverage().aggregate(replies)
+    total = sum(w for _, w in replies.values())
+    for name in ("w", "b", "s"):
+        expected = sum(p[name].astype(np.float64) * w for p, w in replies.values()) / total
+        assert got[name].dtype == replies["n0"][0][name].dtype
+        np.testing.assert_allclose(got[name], expected, rtol=1e-6, atol=1e-7)  # float32 rounding
+
+
+def test_fedaverage_names_the_node_sending_nan_wrong_shapes_or_no_samples() -> None:
+    agg = FedAverage()
+    agg.start({"w": np.zeros(3)})
+    with pytest.raises(RoundFailedError, match="node bad sent non-finite"):
+        agg.add("bad", {"w": np.array([1.0, np.nan, 2.0])}, 1.0)
+    with pytest.raises(RoundFailedError, match="node odd sent 'w' with shape"):
+        agg.add("odd", {"w": np.zeros(4)}, 1.0)
+    with pytest.raises(RoundFailedError, match="node empty reported 0"):
+        agg.add("empty", {"w": np.zeros(3)}, 0.0)
+
+
+def test_secure_sums_fold_like_replies() -> None:
+    a, b = {"w": np.arange(4.0)}, {"w": np.ones(4)}
+    agg = FedAverage()
+    agg.start(a)
+    agg.add_sums({"w": 2 * a["w"] + 3 * b["w"]}, 5.0)
+    np.testing.assert_allclose(agg.finish()["w"], (2 * a["w"] + 3 * b["w"]) / 5)
+
+
+def test_aggregator_is_an_abstract_extension_point() -> None:
+    with pytest.raises(TypeError):
+        Aggregator()  # type: ignore[abstract]
