@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,26 @@ class BaseTrainingPlan(abc.ABC):
     @abc.abstractmethod
     def train_round(self, data: DataManager, optimizer: Any) -> LocalTrainingResult:
         """Run one round of local training on `data` with the adapter from `training_optimizer()`."""
+
+    def local_batches(
+        self, data: DataManager, rng: np.random.Generator
+    ) -> Iterator[tuple[np.ndarray, Any]]:
+        """The round's batches: `num_updates` steps (cycling over epochs) or `epochs` epochs.
+
+        `dry_run` stops after one batch.
+        """
+        args = self._training_args
+        steps = 0
+        epoch = 0
+        while True:
+            for batch in data.batches(args.batch_size, rng):
+                yield batch
+                steps += 1
+                if args.dry_run or (args.num_updates is not None and steps >= args.num_updates):
+                    return
+            epoch += 1
+            if args.num_updates is None and epoch >= args.effective_epochs:
+                return
 
     def evaluate(self, data: DataManager) -> dict[str, float]:
         """Validation metrics on `data` (plans may override; default: none)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -369,26 +369,12 @@ class _SGDTrainingPlan(BaseTrainingPlan):
         return y
 
     # -- training ---------------------------------------------------------------------------
-    def _batches(self, data: DataManager, rng: np.random.Generator) -> Iterator[tuple[Any, Any]]:
-        args = self._training_args
-        steps = 0
-        epoch = 0
-        while True:
-            for batch in data.batches(args.batch_size, rng):
-                yield batch
-                steps += 1
-                if args.dry_run or (args.num_updates is not None and steps >= args.num_updates):
-                    return
-            epoch += 1
-            if args.num_updates is None and epoch >= args.effective_epochs:
-                return
-
     def train_round(self, data: DataManager, optimizer: Any) -> LocalTrainingResult:
         """One round: per batch, the objective's gradient goes through `optimizer` (declearn)."""
         rng = np.random.default_rng(self._training_args.random_seed)
         optimizer.init_round()
         losses: list[float] = []
-        for inputs, target in self._batches(data, rng):
+        for inputs, target in self.local_batches(data, rng):
             optimizer.zero_grad()
             grads, loss = self._gradients(inputs, target)
             if not np.isfinite(loss):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -120,23 +120,6 @@ class TorchTrainingPlan(BaseTrainingPlan):
         return make_torch_optimizer(self.model(), self._optimizer)
 
     # -- training ---------------------------------------------------------------------------
-    def _batches(self, data: DataManager, rng: np.random.Generator) -> Iterator[tuple[Any, Any]]:
-        args = self._training_args
-        epochs = args.effective_epochs
-        steps = 0
-        epoch = 0
-        while True:
-            for inputs, target in data.batches(args.batch_size, rng):
-                yield _to_tensor(inputs), _to_tensor(target)
-                steps += 1
-                if args.num_updates is not None and steps >= args.num_updates:
-                    return
-                if args.dry_run:
-                    return
-            epoch += 1
-            if args.num_updates is None and epoch >= epochs:
-                return
-
     def train_round(self, data: DataManager, optimizer: Any) -> LocalTrainingResult:
         args = self._training_args
         rng = np.random.default_rng(args.random_seed)
@@ -144,7 +127,8 @@ class TorchTrainingPlan(BaseTrainingPlan):
         model.train()
         optimizer.init_round()
         losses: list[float] = []
-        for inputs, target in self._batches(data, rng):
+        for batch_inputs, batch_target in self.local_batches(data, rng):
+            inputs, target = _to_tensor(batch_inputs), _to_tensor(batch_target)
             optimizer.zero_grad()
             loss = self.training_step(inputs, target)
             if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
