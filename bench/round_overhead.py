@@ -117,16 +117,13 @@ def researcher_main(width: int, rounds: int, out: Path) -> None:
 def run_size(n_params: float, rounds: int, work: Path) -> dict[str, float]:
     from round_plan import SquareLinear
 
-    from common.training_plans.source import plan_hash, plan_source
-    from node.home import NodeHome
-    from node.plans import PlanRegistry
-    from node.registry import DatasetRegistry
+    from common.training_plans.source import plan_source
+    from node.provision import DatasetSpec, ReviewedPlan, provision_node
 
     width = round(math.sqrt(n_params))
     model_bytes = width * width * 4
     address = f"127.0.0.1:{_free_port()}"
     source = plan_source(SquareLinear)
-    sha = plan_hash(source)
     data = work / "tiny.csv"
     data.write_text("a,y\n1,0\n2,1\n")
     env = {
@@ -139,13 +136,12 @@ def run_size(n_params: float, rounds: int, work: Path) -> dict[str, float]:
     nodes = []
     for i in range(N_NODES):
         home = work / f"w{width}-node{i}"
-        node_home = NodeHome(home).init(name=f"bench{i}")
-        DatasetRegistry(node_home.db_path).add(
-            name="tiny", tags=["#bench"], path=data, data_type="csv", target="y"
+        provision_node(
+            home,
+            name=f"bench{i}",
+            datasets=[DatasetSpec("tiny", ["#bench"], data, "csv", "y")],
+            approved_plans=[ReviewedPlan("SquareLinear", source, reviewer="bench")],
         )
-        plans = PlanRegistry(node_home.db_path)
-        plans.record_request(sha, "SquareLinear", source, researcher="bench")
-        plans.approve(sha[:12])
         nodes.append(
             subprocess.Popen(
                 [

@@ -44,28 +44,24 @@ def _free_port() -> int:
 
 
 def _prepare_nodes(work: Path, n_nodes: int) -> list[Path]:
-    from common.training_plans.source import plan_hash, plan_source
+    from common.training_plans.source import plan_source
     from fedloom import demo_experiment
     from fedloom.demo_data import write_demo_csv
-    from node.home import NodeHome
-    from node.plans import PlanRegistry
-    from node.registry import DatasetRegistry
+    from node.provision import DatasetSpec, ReviewedPlan, provision_node
 
-    source = plan_source(demo_experiment.DemoMLP)
-    sha = plan_hash(source)
+    # The demo operator has reviewed the demo plan: approve it ahead of time.
+    plan = ReviewedPlan("DemoMLP", plan_source(demo_experiment.DemoMLP), reviewer="fedloom demo")
     homes = []
     for i in range(n_nodes):
-        home = NodeHome(work / f"node-{i + 1}").init(name=f"hospital-{chr(ord('a') + i)}")
         csv = write_demo_csv(
             work / "data" / f"node-{i + 1}.csv", node_index=i, n_samples=400 + 200 * i
         )
-        DatasetRegistry(home.db_path).add(
-            name="demo", tags=["#demo"], path=csv, data_type="csv", target="y"
+        home = provision_node(
+            work / f"node-{i + 1}",
+            name=f"hospital-{chr(ord('a') + i)}",
+            datasets=[DatasetSpec("demo", ["#demo"], csv, "csv", "y")],
+            approved_plans=[plan],
         )
-        plans = PlanRegistry(home.db_path)
-        # The demo operator has reviewed the demo plan: approve it ahead of time.
-        plans.record_request(sha, "DemoMLP", source, researcher="fedloom demo")
-        plans.approve(sha[:12])
         homes.append(home.path)
     return homes
 

@@ -134,10 +134,9 @@ NodeFactory = Callable[..., NodeProcess]
 @pytest.fixture
 def start_node(tmp_path: Path, researcher_address: str) -> Iterator[NodeFactory]:
     """Create a node home, register datasets, approve plans, start `fedloom node start`."""
-    from common.training_plans.source import plan_hash, plan_source
+    from common.training_plans.source import plan_source
     from node.home import NodeHome
-    from node.plans import PlanRegistry
-    from node.registry import DatasetRegistry
+    from node.provision import DatasetSpec, ReviewedPlan, provision_node
 
     nodes: list[NodeProcess] = []
 
@@ -154,19 +153,15 @@ def start_node(tmp_path: Path, researcher_address: str) -> Iterator[NodeFactory]
         """`insecure=False` leaves TLS to `extra_args` (see `tls_args`); `node_id` names a new home."""
         home = home or tmp_path / "nodes" / name
         if not (home / "config.toml").exists():
-            node_home = NodeHome(home).init(name=name, node_id=node_id)
-            registry = DatasetRegistry(node_home.db_path)
-            for ds_name, tags, path, target in datasets:
-                registry.add(
-                    name=ds_name, tags=list(tags), path=path, data_type=None, target=target
-                )
-            plans = PlanRegistry(node_home.db_path)
-            for plan_class in approve:
-                source = plan_source(plan_class)
-                sha = plan_hash(source)
-                if plans.status(sha) is None:
-                    plans.record_request(sha, plan_class.__name__, source, researcher="test")
-                plans.approve(sha[:12])
+            provision_node(
+                home,
+                name=name,
+                node_id=node_id,
+                datasets=[
+                    DatasetSpec(n, tags, path, None, target) for n, tags, path, target in datasets
+                ],
+                approved_plans=[ReviewedPlan(p.__name__, plan_source(p), "test") for p in approve],
+            )
         node_home = NodeHome.open(home)
         log_path = home / "stdout.log"
         args = [
