@@ -7,6 +7,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,7 @@ class NodeDaemon:
         session = _Session()
         hello = self._hello()
 
-        def outgoing():  # type: ignore[no-untyped-def]
+        def outgoing() -> Iterator[pb.NodeMessage]:
             yield hello
             while True:
                 message = session.outbox.get()

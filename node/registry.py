@@ -11,6 +11,7 @@ nothing, so a researcher must name what it wants.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import sqlite3
@@ -269,7 +270,9 @@ class DatasetRegistry:
             return self._select(conn, "", ())
 
     @staticmethod
-    def _select(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[DatasetRecord]:
+    def _select(
+        conn: sqlite3.Connection, where: str, params: Sequence[Any]
+    ) -> builtins.list[DatasetRecord]:
         rows = conn.execute(f"SELECT * FROM datasets {where} ORDER BY name", params).fetchall()
         tags: dict[str, list[str]] = {row["name"]: [] for row in rows}
         if rows:

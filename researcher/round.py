@@ -203,11 +203,12 @@ def exchange(
             try:
                 event, node, payload = events.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                event, node, payload = "tick", None, None  # type: ignore[assignment]
-            if event == "reply":
-                _handle_reply(server, payload, pending, outcome, on_reply)  # type: ignore[arg-type]
-            elif event == "log":
-                _relay_log(node, payload)  # type: ignore[arg-type]
+                _check_liveness(server, pending, outcome, deadline, round_number)
+                continue
+            if event == "reply" and isinstance(payload, pb.TaskReply):
+                _handle_reply(server, payload, pending, outcome, on_reply)
+            elif event == "log" and isinstance(payload, pb.LogRecord):
+                _relay_log(node, payload)
             elif event == "disconnected":
                 for task_id in [t for t, n in pending.items() if n.node_id == node.node_id]:
                     del pending[task_id]

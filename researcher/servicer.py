@@ -14,7 +14,7 @@ from common.errors import FedloomError, PayloadError
 from common.payload import PayloadAssembler, iter_chunks
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
-from researcher.node_directory import NodeDirectory
+from researcher.node_directory import ConnectedNode, NodeDirectory
 from researcher.payload_store import PayloadStore
 
 __all__ = ["FederationServicer", "NodeAuthenticator"]
@@ -98,7 +98,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             return "Hello must carry the node's id, the same in the envelope and the body"
         return self._authenticate(context, first.hello.node_id)
 
-    def _read_stream(self, node, request_iterator: Iterator[pb.NodeMessage]) -> None:  # type: ignore[no-untyped-def]
+    def _read_stream(self, node: ConnectedNode, request_iterator: Iterator[pb.NodeMessage]) -> None:
         reason = "stream closed by the node"
         try:
             for message in request_iterator:
