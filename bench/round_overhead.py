@@ -118,6 +118,7 @@ def run_size(n_params: float, rounds: int, work: Path) -> dict[str, float]:
     from round_plan import SquareLinear
 
     from common.training_plans.source import plan_source
+    from fedloom.demo import node_start_command
     from node.provision import DatasetSpec, ReviewedPlan, provision_node
 
     width = round(math.sqrt(n_params))
@@ -144,18 +145,7 @@ def run_size(n_params: float, rounds: int, work: Path) -> dict[str, float]:
         )
         nodes.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fedloom.cli",
-                    "node",
-                    "--home",
-                    str(home),
-                    "start",
-                    "--researcher",
-                    address,
-                    "--insecure",
-                ],
+                node_start_command(home, address),
                 env=env,
                 stdout=open(home / "bench-node.log", "wb"),
                 stderr=subprocess.STDOUT,

@@ -66,6 +66,14 @@ def _prepare_nodes(work: Path, n_nodes: int) -> list[Path]:
     return homes
 
 
+def node_start_command(home: Path, address: str) -> list[str]:
+    """`fedloom node start` for a local plain-text node of `home` (demo and benchmarks)."""
+    return [
+        sys.executable, "-m", "fedloom.cli", "node", "--home", str(home),
+        "start", "--researcher", address, "--insecure",
+    ]  # fmt: skip
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -142,16 +150,7 @@ def run_demo(args: argparse.Namespace) -> int:
             log_file = open(home / "demo-node.log", "wb")
             procs.append(
                 subprocess.Popen(
-                    [
-                        *cli,
-                        "node",
-                        "--home",
-                        str(home),
-                        "start",
-                        "--researcher",
-                        address,
-                        "--insecure",
-                    ],
+                    node_start_command(home, address),
                     env=env,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,

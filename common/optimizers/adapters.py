@@ -111,7 +111,34 @@ class TorchTarget:
                 param.add_(update.to(device=param.device, dtype=param.dtype))
 
 
-class DeclearnTorchOptimizer:
+class _DeclearnAdapter:
+    """What both declearn-driven adapters share: the round start, aux vars and state export."""
+
+    _optimizer: Optimizer
+
+    @property
+    def optimizer(self) -> Optimizer:
+        """The wrapped fedloom Optimizer."""
+        return self._optimizer
+
+    def init_round(self) -> None:
+        """Mark the start of a round: schedulers and round-level plug-in state advance."""
+        self._optimizer.init_round()
+
+    def collect_aux_var(self) -> dict[str, AuxVar]:
+        """Aux vars of the optimizer's modules for the researcher (e.g. Scaffold deltas)."""
+        return self._optimizer.collect_aux_var()
+
+    def process_aux_var(self, aux: Mapping[str, AuxVar]) -> None:
+        """Give the researcher's aux vars (decoded as this adapter's Vector kind) to the modules."""
+        self._optimizer.process_aux_var(aux)
+
+    def export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The declearn optimizer state as (JSON-able metadata, arrays)."""
+        return self._optimizer.export_state()
+
+
+class DeclearnTorchOptimizer(_DeclearnAdapter):
     """Trains a torch module with a fedloom (declearn) Optimizer, reading `.grad` after backward.
 
     The parameters updated are those with `requires_grad` when the adapter is built. A
@@ -131,15 +158,6 @@ class DeclearnTorchOptimizer:
         self._target = TorchTarget(params)
         self._optimizer = optimizer
 
-    @property
-    def optimizer(self) -> Optimizer:
-        """The wrapped fedloom Optimizer."""
-        return self._optimizer
-
-    def init_round(self) -> None:
-        """Mark the start of a round: schedulers and round-level plug-in state advance."""
-        self._optimizer.init_round()
-
     def zero_grad(self) -> None:
         """Drop the parameters' gradients (set them to None, as torch does by default)."""
         for param in self._target.params.values():
@@ -152,18 +170,6 @@ class DeclearnTorchOptimizer:
             for name, p in self._target.params.items()
         }
         self._optimizer.apply_gradients(self._target, TorchVector(grads))
-
-    def collect_aux_var(self) -> dict[str, AuxVar]:
-        """Aux vars of the optimizer's modules for the researcher (e.g. Scaffold deltas)."""
-        return self._optimizer.collect_aux_var()
-
-    def process_aux_var(self, aux: Mapping[str, AuxVar]) -> None:
-        """Give the researcher's aux vars (decoded as TorchVectors) to the modules."""
-        self._optimizer.process_aux_var(aux)
-
-    def export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The declearn optimizer state as (JSON-able metadata, arrays)."""
-        return self._optimizer.export_state()
 
     def import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         """Restore a declearn optimizer state, rebuilding Vectors as TorchVectors."""
@@ -264,7 +270,7 @@ def make_torch_optimizer(
     )
 
 
-class NumpyTrainingOptimizer:
+class NumpyTrainingOptimizer(_DeclearnAdapter):
     """Trains numpy weights (scikit-learn plans) with a fedloom Optimizer.
 
     The plan computes gradients itself and either calls `step_with_gradients(grads)` or
@@ -289,15 +295,6 @@ class NumpyTrainingOptimizer:
         self._set_weights = set_weights
         self._optimizer = optimizer
         self._gradients: NumpyVector | None = None
-
-    @property
-    def optimizer(self) -> Optimizer:
-        """The wrapped fedloom Optimizer."""
-        return self._optimizer
-
-    def init_round(self) -> None:
-        """Mark the start of a round: schedulers and round-level plug-in state advance."""
-        self._optimizer.init_round()
 
     def zero_grad(self) -> None:
         """Forget gradients given and not yet used."""
@@ -324,18 +321,6 @@ class NumpyTrainingOptimizer:
         """Update the weights from `gradients` in one call."""
         self.set_gradients(gradients)
         self.step()
-
-    def collect_aux_var(self) -> dict[str, AuxVar]:
-        """Aux vars of the optimizer's modules for the researcher."""
-        return self._optimizer.collect_aux_var()
-
-    def process_aux_var(self, aux: Mapping[str, AuxVar]) -> None:
-        """Give the researcher's aux vars (decoded as NumpyVectors) to the modules."""
-        self._optimizer.process_aux_var(aux)
-
-    def export_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The declearn optimizer state as (JSON-able metadata, arrays)."""
-        return self._optimizer.export_state()
 
     def import_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         """Restore a declearn optimizer state, rebuilding Vectors as NumpyVectors."""

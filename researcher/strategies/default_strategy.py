@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import random
 from collections.abc import Mapping, Sequence
 
@@ -10,7 +11,7 @@ from common.errors import ConfigurationError, RoundFailedError
 __all__ = ["DefaultStrategy", "SamplingStrategy", "Strategy"]
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """Chooses nodes per round and decides whether a round with failures can continue."""
 
     def __init__(self, min_nodes: int = 1) -> None:
@@ -18,8 +19,9 @@ class Strategy:
             raise ConfigurationError(f"min_nodes must be at least 1, got {min_nodes}")
         self.min_nodes = min_nodes
 
+    @abc.abstractmethod
     def select(self, eligible: Sequence[str], round_number: int) -> list[str]:
-        raise NotImplementedError
+        """The node ids that train in round `round_number`, among `eligible` ones."""
 
     def check_answers(self, answered: Sequence[str], failures: Mapping[str, str]) -> None:
         """Raise RoundFailedError when too few nodes answered; the reasons are in the message."""
