@@ -3,9 +3,10 @@
 For models of about 100k, 10M and 100M float32 parameters and 3 nodes on loopback, with
 local training reduced to one step, prints per-round wall time, the bytes moved, the time
 to move the same bytes through a bare gRPC stream in 1 MiB chunks in the same run, their
-ratio, and the researcher's peak memory as a multiple of the model size.
+ratio, and the researcher's peak memory as a multiple of the model size, after the timed
+rounds and again after `--memory-rounds` rounds (memory must not grow with rounds).
 
-Usage: python bench/round_overhead.py [--sizes 1e5,1e7,1e8] [--rounds 3]
+Usage: python bench/round_overhead.py [--sizes 1e5,1e7,1e8] [--rounds 3] [--memory-rounds 50]
 """
 
 from __future__ import annotations
@@ -76,20 +77,21 @@ def bare_grpc_seconds(total_bytes: int) -> float:
 
 
 # -- researcher side (a child process, so its peak memory is its own) ---------------------
-def researcher_main(width: int, rounds: int, out: Path) -> None:
+def researcher_main(width: int, rounds: int, total_rounds: int, address: str, out: Path) -> None:
     from round_plan import SquareLinear
 
     from researcher.federated_workflows import Experiment
+    from researcher.run_options import RunOptions
     from researcher.strategies import DefaultStrategy
 
     exp = Experiment(
+        run_options=RunOptions(address=address, out_dir=out.parent / "runs", insecure=True),
         tags=["#bench"],
         training_plan_class=SquareLinear,
         model_args={"width": width},
         training_args={"num_updates": 1, "batch_size": 2},
-        round_limit=rounds,
+        round_limit=total_rounds,
         node_selection_strategy=DefaultStrategy(min_nodes=N_NODES),
-        retain_node_params=False,
         node_wait_timeout=300,
     )
     exp.training_plan()  # build the model before measuring the baseline
@@ -97,10 +99,12 @@ def researcher_main(width: int, rounds: int, out: Path) -> None:
     walls = []
     for _ in range(rounds):
         start = time.perf_counter()
-        exp.run(
-            rounds=1
-        )  # the whole round as the researcher lives it: aggregation and checkpoint included
+        # The whole round as the researcher lives it: aggregation and checkpoint included.
+        exp.run(rounds=1)
         walls.append(time.perf_counter() - start)
+    peak_timed = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if total_rounds > rounds:
+        exp.run(rounds=total_rounds - rounds)
     rows = [
         {
             "round": r.round,
@@ -108,13 +112,22 @@ def researcher_main(width: int, rounds: int, out: Path) -> None:
             "max_train": max(n.train_seconds for n in r.nodes),
             "answered": len(r.nodes),
         }
-        for r, wall in zip(exp.metrics_history(), walls, strict=True)
+        for r, wall in zip(exp.metrics_history(), walls, strict=False)
     ]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    out.write_text(json.dumps({"rounds": rows, "peak_rss": peak, "baseline_rss": baseline}))
+    out.write_text(
+        json.dumps(
+            {
+                "rounds": rows,
+                "peak_rss_timed": peak_timed,
+                "peak_rss": peak,
+                "baseline_rss": baseline,
+            }
+        )
+    )
 
 
-def run_size(n_params: float, rounds: int, work: Path) -> dict[str, float]:
+def run_size(n_params: float, rounds: int, memory_rounds: int, work: Path) -> dict[str, float]:
     from round_plan import SquareLinear
 
     from common.training_plans.source import plan_source
@@ -127,13 +140,7 @@ def run_size(n_params: float, rounds: int, work: Path) -> dict[str, float]:
     source = plan_source(SquareLinear)
     data = work / "tiny.csv"
     data.write_text("a,y\n1,0\n2,1\n")
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
-        "FEDLOOM_OUT": str(work / "runs"),
-        "FEDLOOM_RESEARCHER_ADDRESS": address,
-        "FEDLOOM_INSECURE": "1",
-    }
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}"}
     nodes = []
     for i in range(N_NODES):
         home = work / f"w{width}-node{i}"
@@ -161,6 +168,10 @@ def run_size(n_params: float, rounds: int, work: Path) -> dict[str, float]:
                 str(width),
                 "--rounds",
                 str(rounds),
+                "--memory-rounds",
+                str(memory_rounds),
+                "--address",
+                address,
                 "--result",
                 str(result_path),
             ],
@@ -189,6 +200,7 @@ def run_size(n_params: float, rounds: int, work: Path) -> dict[str, float]:
         "moved_mb": moved / 1e6,
         "bare_s": bare,
         "ratio": overhead / bare,
+        "peak_timed_mb": result["peak_rss_timed"] / 1e6,
         "peak_mb": result["peak_rss"] / 1e6,
         "peak_over_model": result["peak_rss"] / model_bytes,
         "extra_over_model": (result["peak_rss"] - result["baseline_rss"]) / model_bytes,
@@ -199,24 +211,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1e5,1e7,1e8")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--memory-rounds", type=int, default=50, help="rounds after which peak RSS is read again"
+    )
     parser.add_argument("--researcher", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--address", default="", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.researcher is not None:
-        researcher_main(args.researcher, args.rounds, args.result)
+        total = max(args.rounds, args.memory_rounds)
+        researcher_main(args.researcher, args.rounds, total, args.address, args.result)
         return 0
     print(
         f"{N_NODES} nodes on loopback, one local step per round, best steady-state round of {args.rounds}"
     )
-    header = f"{'params':>11} {'model MB':>9} {'round s':>8} {'train s':>8} {'overhead s':>10} {'moved MB':>9} {'bare s':>7} {'ratio':>6} {'peak MB':>8} {'peak/model':>10}"
+    header = (
+        f"{'params':>11} {'model MB':>9} {'round s':>8} {'train s':>8} {'overhead s':>10} "
+        f"{'moved MB':>9} {'bare s':>7} {'ratio':>6} {f'peak@{args.rounds} MB':>11} "
+        f"{f'peak@{args.memory_rounds} MB':>12} {'peak/model':>10}"
+    )
     print(header)
     with tempfile.TemporaryDirectory(prefix="fedloom-bench-") as tmp:
         for size in (float(s) for s in args.sizes.split(",")):
-            r = run_size(size, args.rounds, Path(tmp))
+            r = run_size(size, args.rounds, args.memory_rounds, Path(tmp))
             print(
                 f"{r['params']:>11,} {r['model_mb']:>9.1f} {r['round_s']:>8.3f} {r['train_s']:>8.3f} "
                 f"{r['overhead_s']:>10.3f} {r['moved_mb']:>9.1f} {r['bare_s']:>7.3f} {r['ratio']:>6.2f} "
-                f"{r['peak_mb']:>8.0f} {r['peak_over_model']:>10.1f}",
+                f"{r['peak_timed_mb']:>11.0f} {r['peak_mb']:>12.0f} {r['peak_over_model']:>10.1f}",
                 flush=True,
             )
     return 0

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["register", "run_demo"]
 
@@ -94,7 +95,7 @@ def _summary(out: Path) -> None:
         return
     metrics = runs[-1]
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    by_round: dict[int, list[dict]] = {}
+    by_round: dict[int, list[dict[str, Any]]] = {}
     for row in rows:
         if "loss" in row:
             by_round.setdefault(row["round"], []).append(row)

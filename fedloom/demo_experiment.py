@@ -19,7 +19,7 @@ from researcher.strategies.default_strategy import DefaultStrategy
 class DemoMLP(TorchTrainingPlan):
     """8 features -> 16 hidden units -> 1 logit, binary cross-entropy."""
 
-    def init_dependencies(self):
+    def init_dependencies(self) -> list[str]:
         return [
             "import pandas as pd",
             "import torch",
@@ -27,13 +27,13 @@ class DemoMLP(TorchTrainingPlan):
             "from common.optimizers.optimizer import Optimizer",
         ]
 
-    def init_model(self):
+    def init_model(self, model_args: object = None) -> torch.nn.Module:
         return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
 
-    def init_optimizer(self):
+    def init_optimizer(self, optimizer_args: object = None) -> Optimizer:
         return Optimizer(lr=0.1)
 
-    def training_data(self):
+    def training_data(self) -> DataManager:
         df = pd.read_csv(self.dataset_path)
         return DataManager(
             dataset=df.drop(columns="y").values.astype("float32"),
@@ -41,7 +41,7 @@ class DemoMLP(TorchTrainingPlan):
             shuffle=True,
         )
 
-    def training_step(self, data, target):
+    def training_step(self, data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = self.model()(data).squeeze(1)
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, target.float())
 

@@ -371,13 +371,14 @@ def cmd_start(args: argparse.Namespace) -> int:
             "without operator approval. Use this only for local tests and demos.",
             home.node_id,
         )
-    if tls and tls.get("cert"):
+    cert = tls.get("cert") if tls else None
+    if cert:
         from common.tls import read_node_id
 
-        cert_id = read_node_id(Path(tls["cert"]))
+        cert_id = read_node_id(Path(cert))
         if cert_id != home.node_id:
             raise ConfigurationError(
-                f"the certificate {tls['cert']} was issued to node {cert_id!r} but this home is "
+                f"the certificate {cert} was issued to node {cert_id!r} but this home is "
                 f"node {home.node_id!r}: use that node's certificate (`fedloom certs add-node "
                 f"--node {home.node_id}`) or a home created with `init --node-id {cert_id}`"
             )

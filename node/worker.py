@@ -67,7 +67,7 @@ def _load_plan_class(plan_path: Path, class_name: str) -> type:
             f"{exc} while loading the plan: add the import to init_dependencies()"
         ) from exc
     plan_class = getattr(module, class_name, None)
-    if plan_class is None:
+    if not isinstance(plan_class, type):
         raise PlanError(f"the plan source defines no class {class_name!r}")
     return plan_class
 

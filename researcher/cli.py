@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import runpy
 import shutil
 import signal
@@ -15,8 +14,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from common.constants import DEFAULT_PORT
 from common.errors import ConfigurationError, FedloomError
+from researcher.checkpoint import latest_checkpoint, read_checkpoint_state
+from researcher.config import load_experiment_config
+from researcher.report import REPORT_FILE, load_history, plot_history, summarize, summary_table
+from researcher.run_options import RunOptions, use_run_options
+from researcher.server import get_server, shutdown_server
 
 __all__ = ["register"]
 
@@ -87,16 +94,22 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _apply_server_flags(args: argparse.Namespace) -> None:
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    """The run options the flags give (--address, --certs/--insecure, --out, --rounds, --resume)."""
     if not args.insecure and args.certs is None:
         raise FedloomError(
             "TLS is on by default: pass --certs DIR (created by `fedloom certs init`), "
             "or --insecure for local development"
         )
-    os.environ["FEDLOOM_RESEARCHER_ADDRESS"] = args.address
-    os.environ["FEDLOOM_INSECURE"] = "1" if args.insecure else "0"
-    if args.certs is not None:
-        os.environ["FEDLOOM_CERT_DIR"] = str(args.certs.resolve())
+    out = getattr(args, "out", None)
+    return RunOptions(
+        address=args.address,
+        out_dir=out.resolve() if out is not None else RunOptions().out_dir,
+        cert_dir=None if args.certs is None else args.certs.resolve(),
+        insecure=bool(args.insecure),
+        rounds=getattr(args, "rounds", None),
+        resume=bool(getattr(args, "resume", False)),
+    )
 
 
 def _error(message: object, code: int = EXIT_USAGE) -> int:
@@ -110,9 +123,6 @@ def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run EXPERIMENT.py as __main__, or build and run the Experiment an EXPERIMENT.toml describes."""
-    from researcher.federated_workflows.run_options import RESUME_ENV, ROUNDS_ENV
-    from researcher.server import shutdown_server
-
     path: Path = args.experiment
     if not path.is_file():
         return _error(f"experiment file {path} does not exist")
@@ -121,23 +131,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.rounds is not None and args.rounds < 1:
         return _error(f"--rounds must be at least 1, got {args.rounds}")
     try:
-        _apply_server_flags(args)
+        options = _run_options(args)
     except FedloomError as exc:
         return _error(exc)
-    if args.out is not None:
-        os.environ["FEDLOOM_OUT"] = str(args.out.resolve())
-    os.environ[RESUME_ENV] = "1" if args.resume else "0"
-    if args.rounds is not None:
-        os.environ[ROUNDS_ENV] = str(args.rounds)
-    else:
-        os.environ.pop(ROUNDS_ENV, None)
     previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        if path.suffix == ".toml":
-            return _run_toml(path, args)
-        sys.path.insert(0, str(path.resolve().parent))
-        runpy.run_path(str(path), run_name="__main__")
-        return 0
+        # Every Experiment the script creates takes these options unless given others.
+        with use_run_options(options):
+            if path.suffix == ".toml":
+                return _run_toml(path, options)
+            sys.path.insert(0, str(path.resolve().parent))
+            runpy.run_path(str(path), run_name="__main__")
+            return 0
     except ConfigurationError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
@@ -152,36 +157,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         shutdown_server()
 
 
-def _run_toml(path: Path, args: argparse.Namespace) -> int:
-    from researcher.checkpoint import latest_checkpoint, read_checkpoint_state
-    from researcher.config import load_experiment_config
-    from researcher.report import summarize, summary_table
-    from researcher.settings import runtime_settings
-
+def _run_toml(path: Path, options: RunOptions) -> int:
     config = load_experiment_config(path)
-    folder = (runtime_settings().out_dir / config.name).resolve()
+    folder = (options.out_dir / config.name).resolve()
     latest = latest_checkpoint(folder)
-    if not args.resume and latest is not None:
+    if not options.resume and latest is not None:
         state = read_checkpoint_state(latest)
         raise ConfigurationError(
             f"{folder} already holds experiment {state.get('experiment_id')} (checkpointed at round "
             f"{state.get('round')}): pass --resume to continue it, or --out DIR (or another `name`) "
             "to start afresh"
         )
-    if args.resume and latest is None:
+    if options.resume and latest is None:
         raise ConfigurationError(
             f"nothing to resume: {folder} holds no checkpoint; run without --resume"
         )
-    exp = config.build_experiment(folder)
-    if args.resume:
+    # The TOML's own round count is the limit unless --rounds overrides it.
+    exp = config.build_experiment(folder, options.with_changes(resume=False))
+    if options.resume:
         exp.resume(folder)
-    limit = args.rounds if args.rounds is not None else config.rounds
+    limit = options.rounds if options.rounds is not None else config.rounds
     exp.set_round_limit(max(limit, exp.round_current()))
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, folder / "experiment.toml")
     exp.run()
-    from rich.console import Console
-
     records = exp.metrics_history()
     if records:
         Console().print(summary_table(summarize(records), f"experiment {exp.id} ({folder})"))
@@ -190,8 +189,6 @@ def _run_toml(path: Path, args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the PNG report of an experiment folder and print its summary table."""
-    from researcher.report import REPORT_FILE, load_history, plot_history, summarize, summary_table
-
     folder: Path = args.folder
     try:
         records = load_history(folder)
@@ -203,8 +200,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"png": str(png), "rounds": [s.to_dict() for s in summaries]}, indent=2))
         return 0
-    from rich.console import Console
-
     console = Console()
     console.print(summary_table(summaries, f"{folder.resolve().name}: {len(summaries)} round(s)"))
     console.print(f"plot written to {png}")
@@ -213,11 +208,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     """Start the server, wait for nodes, print their datasets matching --tags."""
-    from researcher.server import get_server, shutdown_server
-
     try:
-        _apply_server_flags(args)
-        server = get_server()
+        server = get_server(_run_options(args))
     except (FedloomError, OSError) as exc:
         return _error(exc)
     tags = [t.strip() for t in args.tags.split(",") if t.strip()]
@@ -254,9 +246,6 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"datasets matching {tags or 'any tags'} on {n_nodes} connected node(s)")
     for column in ("node", "dataset", "tags", "samples", "shape", "type"):
         table.add_column(column)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from common.constants import HEARTBEAT_TIMEOUT
 from common.proto import fedloom_pb2 as pb
 
-__all__ = ["ConnectedNode", "DatasetSummary", "NodeDirectory"]
+__all__ = ["ConnectedNode", "DatasetSummary", "NodeDirectory", "NodeEvent"]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,17 @@ class ConnectedNode:
         )
 
 
-Listener = Callable[[str, ConnectedNode, object], None]
+@dataclass(frozen=True)
+class NodeEvent:
+    """Something a node did: "connected", "disconnected" (payload: reason), "reply"
+    (payload: TaskReply) or "log" (payload: LogRecord)."""
+
+    kind: str
+    node: ConnectedNode
+    payload: object = None
+
+
+Listener = Callable[[NodeEvent], None]
 
 
 class NodeDirectory:
@@ -99,11 +109,12 @@ class NodeDirectory:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
-    def emit(self, event: str, node: ConnectedNode, payload: object = None) -> None:
+    def emit(self, kind: str, node: ConnectedNode, payload: object = None) -> None:
         with self._lock:
             listeners = list(self._listeners)
+        event = NodeEvent(kind, node, payload)
         for listener in listeners:
-            listener(event, node, payload)
+            listener(event)
 
     def register(self, hello: pb.Hello, peer: str) -> ConnectedNode:
         """Record a node that said hello; a reconnecting node replaces its old stream."""

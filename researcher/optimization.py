@@ -16,46 +16,17 @@ from typing import Any
 import numpy as np
 from declearn.optimizer.modules import AuxVar
 
-from common.errors import ConfigurationError, PayloadError
+from common.errors import ConfigurationError
 from common.optimizers.optimizer import Optimizer
 from common.optimizers.targets import check_same_keys
 
-__all__ = ["ResearcherOptimizer", "aggregate_aux_vars", "check_optimizer_pairing"]
+__all__ = ["ResearcherOptimizer", "check_optimizer_pairing"]
 
 logger = logging.getLogger(__name__)
 
 #: Suffixes of declearn module names that belong to one side of a client/server pair.
 _NODE_SIDE_SUFFIX = "-client"
 _RESEARCHER_SIDE_SUFFIX = "-server"
-
-
-def aggregate_aux_vars(per_node: Iterable[Mapping[str, AuxVar]]) -> dict[str, AuxVar]:
-    """Aggregate the nodes' aux vars with declearn's rule (`AuxVar + AuxVar`), key by key.
-
-    Every node must send the same keys; Scaffold deltas are summed and client ids united.
-    """
-    replies = [dict(aux) for aux in per_node]
-    if not replies:
-        return {}
-    keys = set(replies[0])
-    for index, aux in enumerate(replies[1:], start=1):
-        if set(aux) != keys:
-            raise PayloadError(
-                f"nodes sent different aux vars: {sorted(keys)} vs {sorted(aux)} (reply {index}); "
-                "every node must train with the same optimizer modules"
-            )
-    aggregated: dict[str, AuxVar] = {}
-    for key in sorted(keys):
-        total = replies[0][key]
-        for aux in replies[1:]:
-            try:
-                total = total + aux[key]
-            except (TypeError, ValueError) as exc:
-                raise PayloadError(
-                    f"cannot aggregate aux vars {key!r} across nodes: {exc}"
-                ) from exc
-        aggregated[key] = total
-    return aggregated
 
 
 class ResearcherOptimizer:
@@ -134,17 +105,6 @@ class ResearcherOptimizer:
     def set_state(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         """Restore a state from `get_state()` (e.g. when resuming an experiment)."""
         self._optimizer.import_state(meta, arrays, vector_kind="numpy")
-
-    def check_compatibility(
-        self, node_optimizer_spec: Mapping[str, Any] | None, native_torch: bool
-    ) -> list[str]:
-        """Check the training plan's optimizer against this one; return the warnings logged.
-
-        `node_optimizer_spec` is the plan optimizer's `to_spec()`, or None when the plan trains
-        without a fedloom Optimizer (`native_torch` tells whether that is a torch.optim one).
-        Raises ConfigurationError for pairings that cannot work.
-        """
-        return check_optimizer_pairing(self._optimizer, node_optimizer_spec, native_torch)
 
 
 def check_optimizer_pairing(

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigurationError
-from researcher.history import METRICS_FILE, MetricsLog, RoundRecord, rounds_from_rows
+from researcher.history import (
+    METRICS_FILE,
+    MetricsLog,
+    NodeRoundRecord,
+    RoundRecord,
+    rounds_from_rows,
+)
 
 __all__ = ["RoundSummary", "load_history", "plot_history", "summarize", "summary_table"]
 
@@ -168,5 +174,5 @@ def plot_history(records: list[RoundRecord], path: Path, title: str = "") -> Pat
     return path
 
 
-def _node_value(node: Any, panel: str) -> float | None:
+def _node_value(node: NodeRoundRecord, panel: str) -> float | None:
     return node.loss if panel == "loss" else node.metrics.get(panel)

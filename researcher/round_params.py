@@ -10,7 +10,7 @@ import numpy as np
 
 from common.payload import read_payload_file, write_payload_file
 
-__all__ = ["AggregatedParams"]
+__all__ = ["AggregatedParams", "NodeParams", "NodeParamsStore"]
 
 
 class AggregatedParams(Mapping[int, dict[str, Any]]):
@@ -61,3 +61,50 @@ class AggregatedParams(Mapping[int, dict[str, Any]]):
 
     def __len__(self) -> int:
         return len(self._paths)
+
+
+class NodeParams(Mapping[str, "np.ndarray"]):
+    """One node's parameters of one round, read from disk when first asked for."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._arrays: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            self._arrays = read_payload_file(self.path).arrays()
+        return self._arrays
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._load()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+class NodeParamsStore:
+    """Each node's parameters per round, on disk (`retain_node_params=True`).
+
+    Files are `folder/round_NNNNNN/<node id>.bin`; nothing stays in memory, so keeping
+    them costs disk, not researcher memory, whatever the number of rounds and nodes.
+    """
+
+    def __init__(self, folder: Callable[[], Path]) -> None:
+        self._folder = folder
+
+    def writer(self, round_number: int) -> Callable[[str, Mapping[str, np.ndarray]], None]:
+        """A sink the round engine calls with each accepted node's parameters."""
+
+        def keep(node_id: str, params: Mapping[str, np.ndarray]) -> None:
+            folder = self._folder() / f"round_{round_number:06d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_payload_file(folder / f"{node_id}.bin", params)
+
+        return keep
+
+    def get(self, round_number: int, node_id: str) -> NodeParams | None:
+        path = self._folder() / f"round_{round_number:06d}" / f"{node_id}.bin"
+        return NodeParams(path) if path.exists() else None

@@ -9,10 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from common.errors import ConfigurationError
 from common.grpc_options import server_options
 from common.proto import fedloom_pb2_grpc as pb_grpc
 from researcher.node_directory import NodeDirectory
 from researcher.payload_store import PayloadStore
+from researcher.run_options import RunOptions, default_run_options
 from researcher.servicer import FederationServicer, NodeAuthenticator, allow_any_node
 
 __all__ = ["ResearcherServer", "get_server", "shutdown_server"]
@@ -83,18 +85,25 @@ _server: ResearcherServer | None = None
 _server_lock = threading.Lock()
 
 
-def get_server() -> ResearcherServer:
-    """The process-wide server, started on first use with the runtime settings."""
-    global _server
-    with _server_lock:
-        if _server is None:
-            from researcher.settings import runtime_settings
+def get_server(options: RunOptions | None = None) -> ResearcherServer:
+    """The process-wide server, started on first use with `options` (default: the process's).
 
-            settings = runtime_settings()
+    Later calls return the same server; asking for another address then is an error, since
+    one researcher process serves its nodes on one port.
+    """
+    global _server
+    options = options or default_run_options()
+    with _server_lock:
+        if _server is not None and _server.address != options.address:
+            raise ConfigurationError(
+                f"this process already serves nodes on {_server.address}; it cannot also listen "
+                f"on {options.address}: use one address per researcher process"
+            )
+        if _server is None:
             _server = ResearcherServer(
-                settings.address,
-                credentials=settings.server_credentials(),
-                authenticate=settings.authenticator(),
+                options.address,
+                credentials=options.server_credentials(),
+                authenticate=options.authenticator(),
             ).start()
             # A script that ends without shutting the server down must still exit: at
             # interpreter exit, ThreadPoolExecutor joins its workers, which serve the nodes'

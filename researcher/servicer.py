@@ -30,6 +30,12 @@ def allow_any_node(context: grpc.ServicerContext, claimed_node_id: str) -> str |
     return None
 
 
+def _metadata_text(context: grpc.ServicerContext, key: str) -> str:
+    """A text metadata value ("" when absent; binary values, keyed `-bin`, are not text)."""
+    value = dict(context.invocation_metadata()).get(key, "")
+    return value if isinstance(value, str) else ""
+
+
 def _version_error(version: int) -> str:
     return (
         f"protocol version {version} is not supported by this researcher (speaks "
@@ -140,7 +146,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     def Upload(
         self, request_iterator: Iterator[pb.PayloadChunk], context: grpc.ServicerContext
     ) -> pb.UploadAck:
-        node_id = dict(context.invocation_metadata()).get("fedloom-node-id", "")
+        node_id = _metadata_text(context, "fedloom-node-id")
         refusal = (
             self._authenticate(context, node_id)
             if node_id

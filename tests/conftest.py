@@ -85,16 +85,15 @@ class NodeProcess:
 
 
 @pytest.fixture
-def researcher_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Settings for an in-process researcher on a free loopback port (plain text)."""
+def researcher_address(tmp_path: Path) -> Iterator[str]:
+    """Run options of an in-process researcher on a free loopback port (plain text), made
+    the process default so every Experiment and `get_server()` of the test uses them."""
+    from researcher.run_options import RunOptions, use_run_options
     from researcher.server import shutdown_server
 
     address = f"127.0.0.1:{free_port()}"
-    monkeypatch.setenv("FEDLOOM_RESEARCHER_ADDRESS", address)
-    monkeypatch.setenv("FEDLOOM_INSECURE", "1")
-    monkeypatch.setenv("FEDLOOM_OUT", str(tmp_path / "runs"))
-    monkeypatch.delenv("FEDLOOM_CERT_DIR", raising=False)
-    yield address
+    with use_run_options(RunOptions(address=address, out_dir=tmp_path / "runs", insecure=True)):
+        yield address
     shutdown_server()
 
 
@@ -107,20 +106,21 @@ class TlsResearcher:
 
 
 @pytest.fixture
-def tls_researcher(
-    researcher_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> TlsResearcher:
+def tls_researcher(researcher_address: str, tmp_path: Path) -> Iterator[TlsResearcher]:
     """`researcher_address` switched to mutual TLS, with certificates for TLS_NODE_IDS.
 
     The server reads its settings when first used: write `certs.root / "allowed_nodes.txt"`
     before that to restrict the nodes it accepts.
     """
     from common.tls import init_certs
+    from researcher.run_options import RunOptions, use_run_options
 
     certs = init_certs(tmp_path / "pki", ["127.0.0.1", "localhost"], TLS_NODE_IDS)
-    monkeypatch.setenv("FEDLOOM_CERT_DIR", str(certs.root))
-    monkeypatch.setenv("FEDLOOM_INSECURE", "0")
-    return TlsResearcher(researcher_address, certs)
+    options = RunOptions(
+        address=researcher_address, out_dir=tmp_path / "runs", cert_dir=certs.root, insecure=False
+    )
+    with use_run_options(options):
+        yield TlsResearcher(researcher_address, certs)
 
 
 def tls_args(paths: NodeCertPaths) -> list[str]:

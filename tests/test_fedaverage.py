@@ -45,7 +45,7 @@ def test_secure_sums_fold_like_replies() -> None:
     a, b = {"w": np.arange(4.0)}, {"w": np.ones(4)}
     agg = FedAverage()
     agg.start(a)
-    agg.add_sums({"w": 2 * a["w"] + 3 * b["w"]}, 5.0)
+    agg.add_secure_sum({"w": 2 * a["w"] + 3 * b["w"]}, 5.0)
     np.testing.assert_allclose(agg.finish()["w"], (2 * a["w"] + 3 * b["w"]) / 5)
 
 

@@ -45,6 +45,7 @@ def test_fedavg_lowers_global_loss_and_equals_the_sample_weighted_mean(tmp_path,
         training_args={"num_updates": 5, "batch_size": 1000},
         round_limit=3,
         node_selection_strategy=DefaultStrategy(min_nodes=3),
+        retain_node_params=True,
     )
     initial = exp.training_plan().get_parameters()
     assert exp.run() == 3

@@ -22,7 +22,8 @@ from common.optimizers.declearn import (
     YogiModule,
 )
 from common.optimizers.optimizer import Optimizer
-from researcher.optimization import ResearcherOptimizer, aggregate_aux_vars
+from researcher.optimization import ResearcherOptimizer, check_optimizer_pairing
+from researcher.rounds.aggregation import sum_aux_vars
 
 
 def test_sgd_with_unit_lr_returns_the_aggregate_in_the_params_dtype() -> None:
@@ -143,7 +144,7 @@ def _fedloom_scaffold(schedule: list[list[str]]) -> np.ndarray:
             saved[node] = node_opt.export_state()
             finals.append(store["w"]["w"])
         aggregated = {"w": np.mean(finals, axis=0)}
-        x = researcher.step(x, aggregated, aggregate_aux_vars(replies))
+        x = researcher.step(x, aggregated, _sum_all(replies))
     return x["w"]
 
 
@@ -161,16 +162,23 @@ def test_scaffold_matches_reference_with_partial_participation() -> None:
     np.testing.assert_allclose(_fedloom_scaffold(schedule), expected, rtol=1e-10)
 
 
-def test_aggregate_aux_vars_sums_deltas_and_unites_clients() -> None:
+def _sum_all(replies: list[dict[str, ScaffoldAuxVar]]) -> dict[str, ScaffoldAuxVar]:
+    total: dict[str, ScaffoldAuxVar] = {}
+    for i, aux in enumerate(replies):
+        total = sum_aux_vars(total, aux, f"node-{i}")
+    return total
+
+
+def test_aux_vars_sum_deltas_and_unite_clients() -> None:
     replies = [
         {"scaffold": ScaffoldAuxVar(delta=NumpyVector({"w": np.ones(2)}), clients={"a"})},
         {"scaffold": ScaffoldAuxVar(delta=NumpyVector({"w": np.full(2, 2.0)}), clients={"b"})},
     ]
-    total = aggregate_aux_vars(replies)["scaffold"]
+    total = _sum_all(replies)["scaffold"]
     np.testing.assert_array_equal(total.delta.coefs["w"], [3.0, 3.0])
     assert total.clients == {"a", "b"}
-    with pytest.raises(PayloadError, match="different aux vars"):
-        aggregate_aux_vars([replies[0], {}])
+    with pytest.raises(PayloadError, match="same optimizer modules"):
+        sum_aux_vars(replies[0], {}, "node-x")
 
 
 def test_collect_aux_var_for_is_empty_without_aux_modules() -> None:
@@ -190,53 +198,68 @@ def _scaffold_server() -> ResearcherOptimizer:
 
 def test_matching_scaffold_pair_passes() -> None:
     node_spec = Optimizer(lr=0.1, modules=[ScaffoldClientModule()]).to_spec()
-    assert _scaffold_server().check_compatibility(node_spec, native_torch=False) == []
+    assert (
+        check_optimizer_pairing(_scaffold_server().optimizer, node_spec, native_torch=False) == []
+    )
 
 
 def test_fedyogi_with_sgd_nodes_passes() -> None:
     researcher = ResearcherOptimizer(Optimizer(lr=0.8, modules=[YogiModule()]))
-    assert researcher.check_compatibility(Optimizer(lr=0.1).to_spec(), native_torch=False) == []
-    assert researcher.check_compatibility(None, native_torch=True) == []
+    assert (
+        check_optimizer_pairing(
+            researcher.optimizer, Optimizer(lr=0.1).to_spec(), native_torch=False
+        )
+        == []
+    )
+    assert check_optimizer_pairing(researcher.optimizer, None, native_torch=True) == []
 
 
 def test_scaffold_server_without_client_module_on_nodes_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="ScaffoldClientModule"):
-        _scaffold_server().check_compatibility(Optimizer(lr=0.1).to_spec(), native_torch=False)
+        check_optimizer_pairing(
+            _scaffold_server().optimizer, Optimizer(lr=0.1).to_spec(), native_torch=False
+        )
 
 
 def test_scaffold_client_on_nodes_without_server_module_is_refused() -> None:
     node_spec = Optimizer(lr=0.1, modules=[ScaffoldClientModule()]).to_spec()
     with pytest.raises(ConfigurationError, match="ScaffoldServerModule"):
-        ResearcherOptimizer(Optimizer(lr=1.0)).check_compatibility(node_spec, native_torch=False)
+        check_optimizer_pairing(
+            ResearcherOptimizer(Optimizer(lr=1.0)).optimizer, node_spec, native_torch=False
+        )
 
 
 def test_native_torch_nodes_with_aux_var_researcher_module_are_refused() -> None:
     with pytest.raises(ConfigurationError, match=r"native torch\.optim"):
-        _scaffold_server().check_compatibility(None, native_torch=True)
+        check_optimizer_pairing(_scaffold_server().optimizer, None, native_torch=True)
     with pytest.raises(ConfigurationError, match="no fedloom Optimizer"):
-        _scaffold_server().check_compatibility(None, native_torch=False)
+        check_optimizer_pairing(_scaffold_server().optimizer, None, native_torch=False)
 
 
 def test_modules_on_the_wrong_side_are_refused() -> None:
     client_on_researcher = ResearcherOptimizer(Optimizer(lr=1.0, modules=[ScaffoldClientModule()]))
     with pytest.raises(ConfigurationError, match="belongs in the training plan"):
-        client_on_researcher.check_compatibility(None, native_torch=False)
+        check_optimizer_pairing(client_on_researcher.optimizer, None, native_torch=False)
     server_on_nodes = Optimizer(lr=0.1, modules=[ScaffoldServerModule()]).to_spec()
     with pytest.raises(ConfigurationError, match="belongs on the researcher"):
-        _scaffold_server().check_compatibility(server_on_nodes, native_torch=False)
+        check_optimizer_pairing(_scaffold_server().optimizer, server_on_nodes, native_torch=False)
 
 
 def test_regularizer_on_the_researcher_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     researcher = ResearcherOptimizer(Optimizer(lr=1.0, regularizers=[RidgeRegularizer()]))
     with caplog.at_level(logging.WARNING, logger="researcher.optimization"):
-        warnings = researcher.check_compatibility(Optimizer(lr=0.1).to_spec(), native_torch=False)
+        warnings = check_optimizer_pairing(
+            researcher.optimizer, Optimizer(lr=0.1).to_spec(), native_torch=False
+        )
     assert len(warnings) == 1 and "ridge" in warnings[0] and "training plan" in warnings[0]
     assert warnings[0] in caplog.text
 
 
 def test_invalid_node_spec_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="unknown entry 'sgd'"):
-        _scaffold_server().check_compatibility({"lr": 0.1, "modules": ["sgd"]}, native_torch=False)
+        check_optimizer_pairing(
+            _scaffold_server().optimizer, {"lr": 0.1, "modules": ["sgd"]}, native_torch=False
+        )
 
 
 def test_native_torch_optimizer_cannot_be_the_researcher_optimizer() -> None:

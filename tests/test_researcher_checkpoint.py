@@ -25,6 +25,7 @@ from researcher.checkpoint import (
 )
 from researcher.federated_workflows import Experiment
 from researcher.history import MetricsLog, NodeRoundRecord, RoundRecord
+from researcher.run_options import default_run_options
 from researcher.strategies import SamplingStrategy
 
 
@@ -159,7 +160,7 @@ def test_load_breakpoint_rebuilds_configuration_params_and_optimizer_state(tmp_p
 def test_load_breakpoint_without_folder_takes_the_latest_experiment_under_out(
     tmp_path: Path, researcher_address: str
 ) -> None:
-    out = Path(os.environ["FEDLOOM_OUT"])
+    out = default_run_options().out_dir
     first = Experiment(tags=["#t"], training_plan_class=CheckpointPlan, round_limit=1)
     first.breakpoint()
     second = Experiment(tags=["#t"], training_plan_class=CheckpointPlan, round_limit=2)

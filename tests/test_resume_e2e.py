@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from researcher.checkpoint import latest_checkpoint, read_checkpoint_state
-from researcher.federated_workflows.plan_loader import load_plan_class
+from researcher.plan_loader import load_plan_class
 from tests.conftest import ROOT, fedloom_cmd, write_tabular_csv
 from tests.plans.tabular import make_logistic_data
 

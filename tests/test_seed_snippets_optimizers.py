@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from common.optimizers.optimizer import Optimizer
-from researcher.optimization import ResearcherOptimizer
+from researcher.optimization import ResearcherOptimizer, check_optimizer_pairing
 
 
 @dataclass(frozen=True)
@@ -235,4 +235,6 @@ def test_algorithms_table_pairs_build_and_pass_compatibility_checks(algorithm: s
     assert isinstance(node, Optimizer)
     if researcher_code is not None:
         researcher = ResearcherOptimizer(_run(researcher_code, namespace))
-        assert researcher.check_compatibility(node.to_spec(), native_torch=False) == []
+        assert (
+            check_optimizer_pairing(researcher.optimizer, node.to_spec(), native_torch=False) == []
+        )

@@ -94,6 +94,10 @@ class BaseTrainingPlan(abc.ABC):
         """The declearn optimizer's spec, or None for a framework-native optimizer."""
         return None
 
+    def uses_native_optimizer(self) -> bool:
+        """True when the plan trains with a framework-native optimizer (e.g. torch.optim)."""
+        return False
+
     @abc.abstractmethod
     def train_round(self, data: DataManager, optimizer: Any) -> LocalTrainingResult:
         """Run one round of local training on `data` with the adapter from `training_optimizer()`."""

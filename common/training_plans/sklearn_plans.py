@@ -304,7 +304,8 @@ class _SGDTrainingPlan(BaseTrainingPlan):
         return NumpyTrainingOptimizer(self.get_parameters, self.set_parameters, self._optimizer)
 
     def optimizer_spec(self) -> dict[str, Any] | None:
-        return self._optimizer.to_spec()
+        spec: dict[str, Any] = self._optimizer.to_spec()
+        return spec
 
     # -- the model's objective ---------------------------------------------------------------
     @abc.abstractmethod
@@ -312,7 +313,7 @@ class _SGDTrainingPlan(BaseTrainingPlan):
         """Targets as the loss expects them (one column per output of the decision function)."""
 
     def _inputs(self, inputs: np.ndarray) -> np.ndarray:
-        x = np.asarray(inputs, dtype=self.model().coef_.dtype)
+        x: np.ndarray = np.asarray(inputs, dtype=self.model().coef_.dtype)
         n_features = self.model().coef_.shape[-1]
         if x.ndim != 2 or x.shape[1] != n_features:
             raise DatasetError(
@@ -325,7 +326,8 @@ class _SGDTrainingPlan(BaseTrainingPlan):
     def _decision(self, x: np.ndarray) -> np.ndarray:
         """Raw predictions: (n, outputs) for classifiers, (n,) for regressors."""
         model = self.model()
-        return x @ model.coef_.T + model.intercept_
+        decision: np.ndarray = x @ model.coef_.T + model.intercept_
+        return decision
 
     def _objective(self, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         """Mean data loss and its derivative w.r.t. each raw prediction, shaped like them."""
@@ -452,7 +454,8 @@ class FedSGDClassifier(_SGDTrainingPlan):
                 f"classes {classes.tolist()}: set model_args['n_classes'] to cover every label "
                 "(labels must be 0..n_classes-1)"
             )
-        return matches.argmax(axis=1)
+        index: np.ndarray = matches.argmax(axis=1)
+        return index
 
     def _encode_targets(self, target: np.ndarray) -> np.ndarray:
         index = self._class_index(target)

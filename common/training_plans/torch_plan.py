@@ -83,6 +83,9 @@ class TorchTrainingPlan(BaseTrainingPlan):
 
         return self._optimizer.to_spec() if isinstance(self._optimizer, Optimizer) else None
 
+    def uses_native_optimizer(self) -> bool:
+        return isinstance(self._optimizer, torch.optim.Optimizer)
+
     def get_parameters(self) -> dict[str, np.ndarray]:
         return {
             name: value.detach().cpu().numpy().copy()
@@ -140,7 +143,7 @@ class TorchTrainingPlan(BaseTrainingPlan):
                     f"training loss became {loss.item()} at local step {len(losses) + 1}: lower the "
                     "learning rate or check the data for NaNs"
                 )
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
             optimizer.step()
             losses.append(float(loss.detach()))
         return LocalTrainingResult(n_samples=len(data), n_steps=len(losses), losses=losses)

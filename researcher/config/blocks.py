@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigurationError
+from common.optimizers.optimizer import Optimizer
+from researcher.aggregators import AGGREGATORS, Aggregator, build_aggregator
+from researcher.strategies import STRATEGIES, Strategy, build_strategy
 
 __all__ = [
+    "AGGREGATOR_ALIASES",
     "AggregatorConfig",
     "OptimizerConfig",
     "PlanConfig",
@@ -27,6 +31,10 @@ __all__ = [
     "expect_str_list",
     "expect_table",
 ]
+
+
+#: Other names TOML files may use for registered aggregators.
+AGGREGATOR_ALIASES = {"fedaverage": "fedavg"}
 
 
 def check_keys(
@@ -102,35 +110,29 @@ class PlanConfig:
 
 @dataclass(frozen=True)
 class AggregatorConfig:
-    """`[aggregator]`: how replies become the new global model (`name = "fedaverage"`)."""
+    """`[aggregator]`: `name` of a registered aggregator (default "fedavg") plus its settings."""
 
-    name: str = "fedaverage"
+    name: str = "fedavg"
+    params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_table(cls, table: Any, where: str) -> AggregatorConfig:
         if isinstance(table, str):
             table = {"name": table}
-        table = expect_table(table, where)
-        check_keys(table, {"name"}, where)
-        return cls(name=expect_str(table.get("name", cls.name), f"{where} name"))
-
-    def build(self, where: str) -> Any:
-        import researcher.aggregators as aggregators
-
-        known = {
-            name.lower(): getattr(aggregators, name)
-            for name in aggregators.__all__
-            if isinstance(getattr(aggregators, name), type)
-            and issubclass(getattr(aggregators, name), aggregators.Aggregator)
-            and getattr(aggregators, name) is not aggregators.Aggregator
-        }
-        aliases = {"fedavg": "fedaverage"}
-        key = aliases.get(self.name.lower(), self.name.lower())
-        if key not in known:
+        table = dict(expect_table(table, where))
+        name = expect_str(table.pop("name", cls.name), f"{where} name").lower()
+        name = AGGREGATOR_ALIASES.get(name, name)
+        if name not in AGGREGATORS:
             raise ConfigurationError(
-                f"{where} name: unknown aggregator '{self.name}'; known: {', '.join(sorted(known))}"
+                f"{where} name: unknown aggregator '{name}'; known: {', '.join(sorted(AGGREGATORS))}"
             )
-        return known[key]()
+        return cls(name=name, params=table)
+
+    def build(self, where: str) -> Aggregator:
+        try:
+            return build_aggregator(self.name, self.params)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -165,9 +167,7 @@ class OptimizerConfig:
             regularizers=list(table.get("regularizers", [])),
         )
 
-    def build(self, where: str) -> Any:
-        from common.optimizers.optimizer import Optimizer
-
+    def build(self, where: str) -> Optimizer:
         try:
             return Optimizer(
                 lr=self.lr, decay=self.decay, modules=self.modules, regularizers=self.regularizers
@@ -185,8 +185,6 @@ class StrategyConfig:
 
     @classmethod
     def from_table(cls, table: Any, where: str) -> StrategyConfig:
-        from researcher.strategies import STRATEGIES
-
         table = dict(expect_table(table, where))
         name = expect_str(table.pop("name", "default"), f"{where} name")
         if name.lower() not in STRATEGIES:
@@ -205,9 +203,7 @@ class StrategyConfig:
             expect_int(table["seed"], f"{where} seed", 0)
         return cls(name=name.lower(), params=table)
 
-    def build(self, where: str) -> Any:
-        from researcher.strategies import build_strategy
-
+    def build(self, where: str) -> Strategy:
         try:
             return build_strategy(self.name, self.params)
         except ConfigurationError as exc:

@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigurationError
+from common.errors import ConfigurationError, SecaggError
+from common.secagg import SecureAggregation
+from common.training_args import TrainingArgs
 from researcher.checkpoint import DEFAULT_KEEP_CHECKPOINTS
 from researcher.config.blocks import (
     AggregatorConfig,
@@ -51,6 +53,9 @@ from researcher.config.blocks import (
     expect_str_list,
     expect_table,
 )
+from researcher.federated_workflows import Experiment
+from researcher.plan_loader import load_plan_class
+from researcher.run_options import RunOptions
 
 __all__ = ["ExperimentConfig", "load_experiment_config"]
 
@@ -138,11 +143,8 @@ class ExperimentConfig:
             ),
         )
 
-    def build_experiment(self, folder: Path) -> Any:
+    def build_experiment(self, folder: Path, run_options: RunOptions | None = None) -> Experiment:
         """The configured Experiment, writing into `folder`."""
-        from researcher.federated_workflows import Experiment
-        from researcher.federated_workflows.plan_loader import load_plan_class
-
         where = str(self.source)
         plan_class = load_plan_class(self.plan.file, self.plan.class_name)
         return Experiment(
@@ -163,12 +165,11 @@ class ExperimentConfig:
             experimentation_folder=folder,
             node_wait_timeout=self.node_wait_timeout,
             keep_checkpoints=self.keep_checkpoints,
+            run_options=run_options,
         )
 
 
 def _check_training_args(values: dict[str, Any], where: str) -> None:
-    from common.training_args import TrainingArgs
-
     try:
         TrainingArgs.from_dict(values)
     except ConfigurationError as exc:
@@ -178,9 +179,6 @@ def _check_training_args(values: dict[str, Any], where: str) -> None:
 
 
 def _check_secagg(values: dict[str, Any], where: str) -> None:
-    from common.errors import SecaggError
-    from common.secagg import SecureAggregation
-
     try:
         SecureAggregation.from_value(values)
     except (SecaggError, TypeError) as exc:

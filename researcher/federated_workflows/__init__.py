@@ -1,5 +1,5 @@
 """Federated workflows: the Experiment class."""
 
-from researcher.federated_workflows.experiment import Experiment
+from researcher.federated_workflows.experiment import Experiment, find_latest_experiment
 
-__all__ = ["Experiment"]
+__all__ = ["Experiment", "find_latest_experiment"]

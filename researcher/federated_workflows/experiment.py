@@ -1,4 +1,10 @@
-"""Experiment: the researcher's handle on a federated training, in Fed-BioMed's style."""
+"""Experiment: the researcher's handle on a federated training, in Fed-BioMed's style.
+
+A thin facade: its setters validate and write into one `ExperimentState`
+(researcher/rounds/state.py); `run()` hands each round to the round engine
+(researcher/rounds/round.py) and commits the result; checkpoints save and restore the
+state as a whole.
+"""
 
 from __future__ import annotations
 
@@ -12,104 +18,98 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import ConfigurationError, NoMatchingNodesError, RoundFailedError
-from common.payload import encode_arrays
-from common.proto import fedloom_pb2 as pb
+from common.errors import ConfigurationError, FedloomError, SecaggError
+from common.optimizers.optimizer import Optimizer
+from common.secagg import SecureAggregation
 from common.training_args import TrainingArgs
 from common.training_plans.base import BaseTrainingPlan
 from common.training_plans.source import plan_hash, plan_source
 from researcher.aggregators import Aggregator, FedAverage
-from researcher.checkpoint import DEFAULT_KEEP_CHECKPOINTS
-from researcher.federated_workflows.breakpoints import BreakpointsMixin, find_latest_experiment
-from researcher.federated_workflows.interrupts import deferred_interrupts
-from researcher.federated_workflows.run_options import run_options
-from researcher.history import (
-    METRICS_FILE,
-    MetricsLog,
-    NodeRoundRecord,
-    RoundRecord,
-    TensorBoardLog,
+from researcher.checkpoint import (
+    DEFAULT_KEEP_CHECKPOINTS,
+    latest_checkpoint,
+    read_checkpoint,
+    read_checkpoint_state,
+    write_checkpoint,
 )
-from researcher.node_directory import ConnectedNode
+from researcher.experiment_state import ExperimentState
+from researcher.federated_workflows.interrupts import deferred_interrupts
+from researcher.history import METRICS_FILE, MetricsLog, RoundRecord, TensorBoardLog
+from researcher.optimization import check_optimizer_pairing
 from researcher.progress import ProgressReporter, make_progress
-from researcher.round import NodeReply, PlanInfo, RoundRequest, run_round
-from researcher.round_params import AggregatedParams
-from researcher.server import ResearcherServer, get_server
-from researcher.settings import runtime_settings
+from researcher.round_params import AggregatedParams, NodeParamsStore
+from researcher.rounds import GrpcExchange, PlanInfo, RoundSetup, run_round
+from researcher.rounds.exchange import Exchange
+from researcher.rounds.reply import TrainReply
+from researcher.rounds.round import RoundResult
+from researcher.run_options import RunOptions, default_run_options
+from researcher.server import get_server
 from researcher.strategies import DefaultStrategy, Strategy
 
 __all__ = ["Experiment", "find_latest_experiment"]
 
 log = logging.getLogger(__name__)
 
-#: Prefixes of array names inside payloads: model parameters and aux-var arrays.
-PARAM_PREFIX = "param/"
-AUX_PREFIX = "aux/"
-
-#: Seconds to wait for more matching nodes once the strategy's minimum is connected, so
-#: nodes starting together all join the first round of a run.
-SETTLE_SECONDS = 2.0
-
 FINAL_PARAMS_FILE = "final_params.npz"
+#: Default seconds to wait for enough matching nodes before a round.
+DEFAULT_NODE_WAIT_TIMEOUT = 60.0
+
+#: What `training_replies()` gives per round and node.
+ReplySummary = dict[str, Any]
 
 
-class Experiment(BreakpointsMixin):
+class Experiment:
     """A federated training: which nodes (by tags), which plan, how many rounds, how to aggregate.
 
     Every constructor argument has a matching `set_*` method. `run()` trains until the
     round limit, checkpointing after every round into the experimentation folder;
     `Experiment.load_breakpoint(folder)` rebuilds an experiment from its latest checkpoint.
+    `run_options` (address, output folder, TLS, --rounds, --resume) default to the
+    process's (`researcher.run_options.use_run_options`, set by `fedloom researcher run`).
     """
 
     def __init__(
         self,
+        *,
         tags: Sequence[str] | str | None = None,
         nodes: Sequence[str] | None = None,
-        training_data: Any = None,
+        training_data: None = None,
         training_plan_class: type[BaseTrainingPlan] | None = None,
         training_args: Mapping[str, Any] | TrainingArgs | None = None,
         model_args: Mapping[str, Any] | None = None,
         round_limit: int | None = None,
         aggregator: Aggregator | None = None,
-        agg_optimizer: Any = None,
+        agg_optimizer: Optimizer | None = None,
         node_selection_strategy: Strategy | None = None,
-        secagg: Any = False,
+        secagg: bool | Mapping[str, Any] | SecureAggregation | None = False,
         experimentation_folder: str | Path | None = None,
-        node_wait_timeout: float = 60.0,
-        retain_node_params: bool = True,
+        node_wait_timeout: float = DEFAULT_NODE_WAIT_TIMEOUT,
+        retain_node_params: bool = False,
         keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
         show_progress: bool | None = None,
+        run_options: RunOptions | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
-        self._id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        self._tags: list[str] = []
-        self._nodes: list[str] | None = None
-        self._plan_class: type[BaseTrainingPlan] | None = None
+        self._options = run_options or default_run_options()
+        self._exchange = exchange
+        experiment_id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self._state = ExperimentState(experiment_id=experiment_id)
         self._plan: BaseTrainingPlan | None = None
-        self._plan_info: PlanInfo | None = None
-        self._training_args = TrainingArgs()
-        self._model_args: dict[str, Any] = {}
-        self._round_limit: int | None = None
-        self._aggregator: Aggregator = FedAverage()
-        self._agg_optimizer: Any = None
-        self._researcher_optimizer: Any = None
-        self._strategy: Strategy = DefaultStrategy()
-        self._secagg: Any = None
-        self._folder: Path | None = None
+        self._folder = Path()
         self._folder_is_default = True
-        self._node_wait_timeout = node_wait_timeout
-        self._retain_node_params = retain_node_params
-        self._keep_checkpoints = keep_checkpoints
+        self._node_wait_timeout = float(node_wait_timeout)
         self._show_progress = show_progress
-        self._round = 0
-        self._global_params: dict[str, np.ndarray] | None = None
         self._aggregated = AggregatedParams(
             lambda: self.experimentation_folder() / "aggregated_params"
         )
-        self._replies: dict[int, dict[str, dict[str, Any]]] = {}
-        self._history: list[RoundRecord] = []
-        self._server: ResearcherServer | None = None
+        self._node_params = (
+            NodeParamsStore(lambda: self.experimentation_folder() / "node_params")
+            if retain_node_params
+            else None
+        )
+        self._replies: dict[int, dict[str, ReplySummary]] = {}
         self._checkpointed_round: int | None = None
-        self._resume_pending = False
+        self._resume_pending = self._options.resume
 
         self.set_tags(tags)
         self.set_nodes(nodes)
@@ -123,29 +123,24 @@ class Experiment(BreakpointsMixin):
         self.set_strategy(node_selection_strategy)
         self.set_agg_optimizer(agg_optimizer)
         self.set_secagg(secagg)
+        self.set_keep_checkpoints(keep_checkpoints)
         self.set_experimentation_folder(experimentation_folder)
-        self._apply_run_options()
-
-    def _apply_run_options(self) -> None:
-        """Honour `fedloom researcher run ... --rounds N --resume` for script experiments."""
-        options = run_options()
-        if options.rounds is not None:
-            log.info("round limit set to %d by --rounds", options.rounds)
-            self.set_round_limit(options.rounds)
-        self._resume_pending = options.resume
+        if self._options.rounds is not None:
+            log.info("round limit set to %d by --rounds", self._options.rounds)
+            self.set_round_limit(self._options.rounds)
 
     # -- configuration --------------------------------------------------------------------
     def set_tags(self, tags: Sequence[str] | str | None) -> list[str]:
         """Tags a node's dataset must all carry to take part."""
         if tags is None:
-            self._tags = []
+            self._state.tags = []
         elif isinstance(tags, str):
-            self._tags = [tags]
+            self._state.tags = [tags]
         else:
             if not all(isinstance(t, str) for t in tags):
                 raise ConfigurationError(f"tags must be strings, got {list(tags)!r}")
-            self._tags = list(tags)
-        return self._tags
+            self._state.tags = list(tags)
+        return list(self._state.tags)
 
     def set_nodes(self, nodes: Sequence[str] | None) -> list[str] | None:
         """Restrict the experiment to these node ids (None: any node holding the tags)."""
@@ -153,10 +148,10 @@ class Experiment(BreakpointsMixin):
             isinstance(nodes, str) or not all(isinstance(n, str) for n in nodes)
         ):
             raise ConfigurationError(f"nodes must be a list of node ids, got {nodes!r}")
-        self._nodes = None if nodes is None else list(nodes)
-        return self._nodes
+        self._state.nodes = None if nodes is None else list(nodes)
+        return self.nodes()
 
-    def set_training_data(self, training_data: Any = None, from_tags: bool = True) -> None:
+    def set_training_data(self, training_data: None = None, from_tags: bool = True) -> None:
         """Accepted for Fed-BioMed compatibility: datasets are always found from the tags."""
         if training_data is not None or not from_tags:
             raise ConfigurationError(
@@ -176,9 +171,10 @@ class Experiment(BreakpointsMixin):
                 f"training_plan_class must be a subclass of TorchTrainingPlan, FedSGDClassifier or "
                 f"FedSGDRegressor, got {training_plan_class!r}"
             )
-        self._plan_class = training_plan_class
+        source = plan_source(training_plan_class)
+        self._state.plan_class = training_plan_class
+        self._state.plan = PlanInfo(training_plan_class.__name__, source, plan_hash(source))
         self._plan = None
-        self._plan_info = None
         return training_plan_class
 
     def set_training_args(
@@ -194,38 +190,38 @@ class Experiment(BreakpointsMixin):
                 if isinstance(training_args, TrainingArgs)
                 else dict(training_args)
             )
-            training_args = {**self._training_args.to_dict(), **updates}
-        self._training_args = TrainingArgs.from_dict(training_args)
+            training_args = {**self._state.training_args.to_dict(), **updates}
+        self._state.training_args = TrainingArgs.from_dict(training_args)
         self._plan = None
-        return self._training_args.to_dict()
+        return self._state.training_args.to_dict()
 
     def set_test_ratio(self, ratio: float) -> float:
         """Fraction of each node's data held out for validation."""
         self.set_training_args({"test_ratio": ratio}, reset=False)
-        return self._training_args.test_ratio
+        return self._state.training_args.test_ratio
 
     def set_test_on_local_updates(self, flag: bool = True) -> bool:
         """Validate each node's model after local training (metrics `local_*`)."""
         self.set_training_args({"test_on_local_updates": bool(flag)}, reset=False)
-        return self._training_args.test_on_local_updates
+        return self._state.training_args.test_on_local_updates
 
     def set_test_on_global_updates(self, flag: bool = True) -> bool:
         """Validate the received global model before local training (metrics `global_*`)."""
         self.set_training_args({"test_on_global_updates": bool(flag)}, reset=False)
-        return self._training_args.test_on_global_updates
+        return self._state.training_args.test_on_global_updates
 
     def set_model_args(self, model_args: Mapping[str, Any] | None) -> dict[str, Any]:
         """Arguments passed to the plan's `init_model(model_args)` (JSON-serialisable)."""
-        model_args = dict(model_args or {})
+        values = dict(model_args or {})
         try:
-            json.dumps(model_args)
+            json.dumps(values)
         except TypeError as exc:
             raise ConfigurationError(
                 f"model_args must be JSON-serialisable (numbers, strings, lists): {exc}"
             ) from exc
-        self._model_args = model_args
+        self._state.model_args = values
         self._plan = None
-        return model_args
+        return dict(values)
 
     def set_round_limit(self, round_limit: int | None) -> int | None:
         """Total number of rounds `run()` goes up to (None: give `rounds` to `run()`)."""
@@ -235,11 +231,11 @@ class Experiment(BreakpointsMixin):
             raise ConfigurationError(
                 f"round_limit must be a non-negative integer or None, got {round_limit!r}"
             )
-        if round_limit is not None and round_limit < self._round:
+        if round_limit is not None and round_limit < self._state.round:
             raise ConfigurationError(
-                f"round_limit {round_limit} is below the {self._round} round(s) already run"
+                f"round_limit {round_limit} is below the {self._state.round} round(s) already run"
             )
-        self._round_limit = round_limit
+        self._state.round_limit = round_limit
         return round_limit
 
     def set_aggregator(self, aggregator: Aggregator | None) -> Aggregator:
@@ -248,24 +244,17 @@ class Experiment(BreakpointsMixin):
             aggregator = FedAverage()
         if not isinstance(aggregator, Aggregator):
             raise ConfigurationError(f"aggregator must be e.g. FedAverage(), got {aggregator!r}")
-        self._aggregator = aggregator
+        self._state.aggregator = aggregator
         return aggregator
 
-    def set_agg_optimizer(self, agg_optimizer: Any) -> Any:
+    def set_agg_optimizer(self, agg_optimizer: Optimizer | None) -> Optimizer | None:
         """A researcher-side `Optimizer` stepping on the pseudo-gradient (FedOpt), or None."""
-        if agg_optimizer is None:
-            self._agg_optimizer = self._researcher_optimizer = None
-            return None
-        from common.optimizers.optimizer import Optimizer
-        from researcher.optimization import ResearcherOptimizer
-
-        if not isinstance(agg_optimizer, Optimizer):
+        if agg_optimizer is not None and not isinstance(agg_optimizer, Optimizer):
             raise ConfigurationError(
                 f"agg_optimizer must be a common.optimizers.optimizer.Optimizer (declearn-based), got "
                 f"{type(agg_optimizer).__name__}: framework-native optimizers cannot run on the researcher"
             )
-        self._agg_optimizer = agg_optimizer
-        self._researcher_optimizer = ResearcherOptimizer(agg_optimizer)
+        self._state.set_agg_optimizer(agg_optimizer)
         return agg_optimizer
 
     def set_strategy(self, node_selection_strategy: Strategy | None) -> Strategy:
@@ -276,67 +265,79 @@ class Experiment(BreakpointsMixin):
             raise ConfigurationError(
                 f"node_selection_strategy must be e.g. DefaultStrategy(), got {node_selection_strategy!r}"
             )
-        self._strategy = node_selection_strategy
+        self._state.strategy = node_selection_strategy
         return node_selection_strategy
 
-    def set_secagg(self, secagg: Any) -> Any:
+    def set_secagg(
+        self, secagg: bool | Mapping[str, Any] | SecureAggregation | None
+    ) -> SecureAggregation | None:
         """True, False, a dict of settings or a `common.secagg.SecureAggregation`."""
-        from common.errors import SecaggError
-        from common.secagg import SecureAggregation
-
         try:
-            self._secagg = SecureAggregation.from_value(secagg)
+            self._state.secagg = SecureAggregation.from_value(secagg)
         except SecaggError as exc:
             raise ConfigurationError(f"secagg: {exc}") from exc
-        return self._secagg
+        return self._state.secagg
+
+    def set_keep_checkpoints(self, keep: int) -> int:
+        """How many round checkpoints to keep (the latest is enough to resume)."""
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+            raise ConfigurationError(f"keep_checkpoints must be at least 1, got {keep!r}")
+        self._state.keep_checkpoints = keep
+        return keep
 
     def set_experimentation_folder(self, folder: str | Path | None) -> Path:
         """Where metrics, checkpoints and the final model go (default: <out>/<experiment id>)."""
         self._folder_is_default = folder is None
-        self._folder = Path(folder) if folder is not None else runtime_settings().out_dir / self._id
+        self._folder = (
+            Path(folder)
+            if folder is not None
+            else self._options.out_dir / self._state.experiment_id
+        )
         return self._folder
 
     # -- accessors ------------------------------------------------------------------------
     @property
     def id(self) -> str:
-        return self._id
+        return self._state.experiment_id
 
     def experimentation_folder(self) -> Path:
-        assert self._folder is not None
         return self._folder
 
     def tags(self) -> list[str]:
-        return list(self._tags)
+        return list(self._state.tags)
 
     def nodes(self) -> list[str] | None:
-        return None if self._nodes is None else list(self._nodes)
+        return None if self._state.nodes is None else list(self._state.nodes)
 
     def round_current(self) -> int:
-        return self._round
+        return self._state.round
 
     def round_limit(self) -> int | None:
-        return self._round_limit
+        return self._state.round_limit
 
     def training_plan_class(self) -> type[BaseTrainingPlan] | None:
-        return self._plan_class
+        return self._state.plan_class
 
     def training_args(self) -> dict[str, Any]:
-        return self._training_args.to_dict()
+        return self._state.training_args.to_dict()
 
     def model_args(self) -> dict[str, Any]:
-        return dict(self._model_args)
+        return dict(self._state.model_args)
 
     def aggregator(self) -> Aggregator:
-        return self._aggregator
+        return self._state.aggregator
 
-    def agg_optimizer(self) -> Any:
-        return self._agg_optimizer
+    def agg_optimizer(self) -> Optimizer | None:
+        return self._state.agg_optimizer
 
     def strategy(self) -> Strategy:
-        return self._strategy
+        return self._state.strategy
 
-    def secagg(self) -> Any:
-        return self._secagg
+    def secagg(self) -> SecureAggregation | None:
+        return self._state.secagg
+
+    def run_options(self) -> RunOptions:
+        return self._options
 
     def aggregated_params(self) -> AggregatedParams:
         """round -> {"params": global parameters after that round, "params_path": its file}.
@@ -345,16 +346,17 @@ class Experiment(BreakpointsMixin):
         """
         return self._aggregated
 
-    def training_replies(self) -> dict[int, dict[str, dict[str, Any]]]:
+    def training_replies(self) -> dict[int, dict[str, ReplySummary]]:
         """round -> node_id -> {"params", "sample_size", "metrics", "timing", "node_name", "loss"}.
 
-        Rounds restored from a checkpoint carry everything but "params" (None).
+        "params" is None unless the experiment was created with `retain_node_params=True`
+        (then read from disk when accessed), and always None for parameters SecAgg hid.
         """
         return self._replies
 
     def metrics_history(self) -> list[RoundRecord]:
         """One RoundRecord per completed round: each node's loss and metrics, and the failures."""
-        return list(self._history)
+        return list(self._state.history)
 
     def training_plan(self) -> BaseTrainingPlan:
         """The plan instance, its model holding the latest global parameters."""
@@ -372,344 +374,300 @@ class Experiment(BreakpointsMixin):
         rounds = self._rounds_to_run(rounds, increase)
         if rounds <= 0:
             return 0
-        self._check_configuration()
-        if self._checkpointed_round != self._round:
-            self.breakpoint()
-        folder = self.experimentation_folder()
-        first, last = self._round + 1, self._round + rounds
+        setup = self._round_setup()
+        exchange = self._exchange or GrpcExchange(get_server(self._options))
+        if self._checkpointed_round is None:
+            self._check_folder_is_ours()
+        first, last = self._state.round + 1, self._state.round + rounds
         progress = make_progress(self._show_progress)
-        tensorboard = TensorBoardLog.open(folder, first)
+        tensorboard = TensorBoardLog.open(self.experimentation_folder(), first)
+        completed = False
         try:
-            progress.start(self._id, first, last)
-            while self._round < last:
-                self._run_round(progress, tensorboard, settle=self._round + 1 == first)
+            progress.start(self.id, first, last)
+            while self._state.round < last:
+                self._run_one(
+                    exchange, setup, progress, tensorboard, settle=self._state.round + 1 == first
+                )
+            completed = True
         except KeyboardInterrupt:
             log.warning(
                 "interrupted: round %d is the last completed and checkpointed round (in %s); a "
                 "round under way is dropped. Resume with `fedloom researcher run ... --resume` "
                 "or Experiment.load_breakpoint(%r)",
-                self._round,
-                folder,
-                str(folder),
+                self._state.round,
+                self.experimentation_folder(),
+                str(self.experimentation_folder()),
             )
             raise
         finally:
             progress.stop()
             if tensorboard is not None:
                 tensorboard.close()
-            if self._round >= first:
+            if completed:
                 self._save_final()
-        return self._round - first + 1
+        return rounds
 
     def run_once(self, increase: bool = False) -> int:
         """Run a single round."""
         return self.run(rounds=1, increase=increase)
 
     def _rounds_to_run(self, rounds: int | None, increase: bool) -> int:
+        state = self._state
         if rounds is None:
-            if self._round_limit is None:
+            if state.round_limit is None:
                 raise ConfigurationError(
                     "set a round limit (set_round_limit(n)) or call run(rounds=n)"
                 )
-            rounds = self._round_limit - self._round
-            if rounds <= 0:
+            remaining = state.round_limit - state.round
+            if remaining <= 0:
                 log.warning(
                     "the round limit %d is reached; raise it (set_round_limit) or call run(rounds=n, increase=True)",
-                    self._round_limit,
+                    state.round_limit,
                 )
-            return rounds
+            return remaining
         if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
             raise ConfigurationError(f"rounds must be a positive integer, got {rounds!r}")
-        if self._round_limit is not None and self._round + rounds > self._round_limit:
+        if state.round_limit is not None and state.round + rounds > state.round_limit:
             if not increase:
-                allowed = self._round_limit - self._round
+                allowed = state.round_limit - state.round
                 log.warning(
                     "only %d round(s) left before the round limit %d; pass increase=True to go further",
                     allowed,
-                    self._round_limit,
+                    state.round_limit,
                 )
                 return allowed
-            self._round_limit = self._round + rounds
+            state.round_limit = state.round + rounds
         return rounds
+
+    def _run_one(
+        self,
+        exchange: Exchange,
+        setup: RoundSetup,
+        progress: ProgressReporter,
+        tensorboard: TensorBoardLog | None,
+        *,
+        settle: bool,
+    ) -> None:
+        round_number = self._state.round + 1
+        assert self._state.global_params is not None
+        keep = None if self._node_params is None else self._node_params.writer(round_number)
+        try:
+            result = run_round(
+                exchange,
+                setup,
+                round_number,
+                self._state.global_params,
+                progress,
+                settle=settle,
+                keep_params=keep,
+            )
+        except FedloomError as exc:
+            progress.round_failed(round_number, str(exc))
+            raise
+        with deferred_interrupts():
+            self._commit(round_number, result)
+        progress.round_finished(result.record)
+        if tensorboard is not None:
+            tensorboard.append(result.record)
+
+    def _commit(self, round_number: int, result: RoundResult) -> None:
+        """Adopt the round's result, append its metrics and checkpoint it (signals held)."""
+        state = self._state
+        state.global_params = result.params
+        state.round = round_number
+        state.history.append(result.record)
+        if self._plan is not None:
+            self._plan.set_parameters(result.params)
+        self._aggregated.record(round_number, result.params)
+        self._replies[round_number] = {
+            node_id: self._reply_summary(round_number, node_id, reply)
+            for node_id, reply in result.replies.items()
+        }
+        MetricsLog(self.experimentation_folder() / METRICS_FILE).append(result.record)
+        self.breakpoint()
+
+    def _reply_summary(self, round_number: int, node_id: str, reply: TrainReply) -> ReplySummary:
+        params = None if self._node_params is None else self._node_params.get(round_number, node_id)
+        return {
+            "node_name": reply.node_name,
+            "sample_size": reply.n_samples,
+            "metrics": dict(reply.metrics),
+            "loss": reply.mean_loss,
+            "losses": list(reply.losses),
+            "timing": {"train_seconds": reply.train_seconds},
+            "params": params,
+        }
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def breakpoint(self) -> Path:
+        """Checkpoint the current state now (run() also does after every round); returns its directory."""
+        self._ensure_plan()
+        if self._checkpointed_round is None:
+            self._check_folder_is_ours()
+        path = write_checkpoint(
+            self.experimentation_folder(), self._state.to_checkpoint(), self._state.keep_checkpoints
+        )
+        self._checkpointed_round = self._state.round
+        return path
+
+    @classmethod
+    def load_breakpoint(
+        cls, folder: str | Path | None = None, *, run_options: RunOptions | None = None
+    ) -> Experiment:
+        """Rebuild an experiment from a checkpoint, ready to `run()` the remaining rounds.
+
+        `folder` is an experiment folder (its latest checkpoint is used) or one checkpoint
+        directory; None picks the most recently checkpointed experiment under the output root.
+        The plan is re-imported from the source saved in the checkpoint.
+        """
+        options = run_options or default_run_options()
+        if folder is None:
+            folder = find_latest_experiment(options.out_dir)
+        checkpoint = read_checkpoint(Path(folder))
+        assert checkpoint.path is not None
+        exp = cls(
+            experimentation_folder=checkpoint.path.parent.parent,
+            run_options=options.with_changes(resume=False),
+        )
+        exp._state = ExperimentState.from_checkpoint(checkpoint)
+        exp._after_restore()
+        if options.rounds is not None:
+            exp.set_round_limit(max(options.rounds, exp.round_current()))
+        return exp
+
+    def resume(self, folder: str | Path | None = None) -> int:
+        """Restore this configured experiment's state from the latest checkpoint in `folder`.
+
+        `folder` defaults to the experimentation folder. The configuration given to this
+        object (plan, optimizer, strategy, round limit) is kept; the checkpoint brings the
+        experiment id, round number, global parameters, optimizer, aggregator and strategy
+        state and the history. Returns the round the experiment resumes after.
+        """
+        source = Path(folder) if folder is not None else self.experimentation_folder()
+        checkpoint = read_checkpoint(source)
+        assert checkpoint.path is not None
+        self._folder = checkpoint.path.parent.parent
+        self._state.adopt_progress(checkpoint)
+        self._after_restore()
+        return self._state.round
+
+    def _after_restore(self) -> None:
+        state = self._state
+        self._plan = None
+        self._ensure_plan()
+        self._replies = {record.round: _replies_from_record(record) for record in state.history}
+        self._aggregated.restore(state.round, state.global_params)
+        self._checkpointed_round = state.round
+        self._resume_pending = False
+        MetricsLog(self.experimentation_folder() / METRICS_FILE).truncate_after(state.round)
+        log.info(
+            "experiment %s restored from %s: %d round(s) done",
+            state.experiment_id,
+            self.experimentation_folder(),
+            state.round,
+        )
+
+    def _resume_if_asked(self) -> None:
+        """`fedloom researcher run X.py --resume`: restore before the first round."""
+        if not self._resume_pending:
+            return
+        self._resume_pending = False
+        folder = self.experimentation_folder()
+        if self._folder_is_default:
+            folder = find_latest_experiment(self._options.out_dir)
+        self.resume(folder)
+
+    def _check_folder_is_ours(self) -> None:
+        """Refuse to mix this experiment's checkpoints with another's in the same folder."""
+        latest = latest_checkpoint(self.experimentation_folder())
+        if latest is None:
+            return
+        other = read_checkpoint_state(latest)
+        if other.get("experiment_id") != self.id:
+            raise ConfigurationError(
+                f"{self.experimentation_folder()} already holds experiment {other.get('experiment_id')} "
+                f"(checkpointed at round {other.get('round')}): resume it (--resume, exp.resume() or "
+                "Experiment.load_breakpoint) or choose another folder (--out, experimentation_folder=...)"
+            )
 
     # -- internals ----------------------------------------------------------------------------
     def _ensure_plan(self) -> BaseTrainingPlan:
         if self._plan is None:
-            if self._plan_class is None:
+            if self._state.plan_class is None:
                 raise ConfigurationError(
                     "no training plan: call set_training_plan_class(MyPlan) first"
                 )
-            plan = self._plan_class()
-            plan.post_init(self._model_args, self._training_args)
+            plan = self._state.plan_class()
+            plan.post_init(self._state.model_args, self._state.training_args)
             self._plan = plan
-            if self._global_params is None:
-                self._global_params = plan.get_parameters()
+            if self._state.global_params is None:
+                self._state.global_params = plan.get_parameters()
             else:
-                plan.set_parameters(self._global_params)
+                plan.set_parameters(self._state.global_params)
         return self._plan
 
-    def _plan_payload_info(self) -> PlanInfo:
-        if self._plan_info is None:
-            assert self._plan_class is not None
-            source = plan_source(self._plan_class)
-            self._plan_info = PlanInfo(self._plan_class.__name__, source, plan_hash(source))
-        return self._plan_info
-
-    def _check_configuration(self) -> None:
-        from researcher.optimization import check_optimizer_pairing
-
+    def _round_setup(self) -> RoundSetup:
+        """Check the configuration once per run and freeze what every round needs."""
         plan = self._ensure_plan()
-        spec = plan.optimizer_spec()
-        native = False
-        if spec is None:
-            import torch
-
-            native = isinstance(getattr(plan, "optimizer", lambda: None)(), torch.optim.Optimizer)
+        state = self._state
         # Also without an agg_optimizer: aux-var modules in the plan need their counterpart.
-        check_optimizer_pairing(self._agg_optimizer, spec, native)
-
-    def _wait_for_nodes(self, server: ResearcherServer, settle: bool) -> list[ConnectedNode]:
-        def eligible() -> list[ConnectedNode]:
-            nodes = server.directory.matching(self._tags)
-            if self._nodes is not None:
-                nodes = [n for n in nodes if n.node_id in self._nodes]
-            return nodes
-
-        needed = self._strategy.min_nodes if self._nodes is None else len(self._nodes)
-        if len(eligible()) < needed:
-            log.info(
-                "waiting up to %.0f s for %d node(s) holding tags %s to connect on %s",
-                self._node_wait_timeout,
-                needed,
-                self._tags,
-                server.address,
-            )
-            server.directory.wait_until(lambda: len(eligible()) >= needed, self._node_wait_timeout)
-            if settle and eligible():
-                time.sleep(SETTLE_SECONDS)
-        nodes = eligible()
-        if not nodes:
-            raise NoMatchingNodesError(self._no_nodes_message(server))
-        return nodes
-
-    def _no_nodes_message(self, server: ResearcherServer) -> str:
-        connected = server.directory.connected()
-        described = "; ".join(
-            f"{n.label}: "
-            + (", ".join(f"{d.name} {list(d.tags)}" for d in n.datasets) or "no datasets")
-            for n in connected
+        check_optimizer_pairing(
+            state.agg_optimizer, plan.optimizer_spec(), plan.uses_native_optimizer()
         )
-        return (
-            f"no connected node holds a dataset with all tags {self._tags}"
-            + (f" among nodes {self._nodes}" if self._nodes else "")
-            + (
-                f". Connected nodes: {described}"
-                if connected
-                else f". No node is connected to {server.address}"
-            )
-            + ". Register a dataset with these tags on a node (fedloom node dataset add --tags ...) "
-            "or change the experiment's tags."
+        assert state.plan is not None
+        return RoundSetup(
+            experiment_id=state.experiment_id,
+            plan=state.plan,
+            tags=tuple(state.tags),
+            nodes=None if state.nodes is None else tuple(state.nodes),
+            training_args=state.training_args,
+            model_args=dict(state.model_args),
+            node_wait_timeout=self._node_wait_timeout,
+            aggregator=state.aggregator,
+            strategy=state.strategy,
+            optimizer=state.researcher_optimizer,
+            secagg=state.secagg,
+            trainable=frozenset(plan.trainable_parameter_names()),
         )
-
-    def _global_payload(self, node_ids: Sequence[str]) -> tuple[Any, pb.AuxVars]:
-        assert self._global_params is not None
-        arrays = {PARAM_PREFIX + k: v for k, v in self._global_params.items()}
-        aux_msg = pb.AuxVars()
-        if self._researcher_optimizer is not None:
-            from common.optimizers.aux_codec import encode_aux_vars
-
-            aux = self._researcher_optimizer.collect_aux_var_for(list(node_ids))
-            if aux:
-                aux_msg, aux_arrays = encode_aux_vars(aux, prefix=AUX_PREFIX.rstrip("/"))
-                arrays.update(aux_arrays)
-        return encode_arrays(arrays), aux_msg
-
-    def _run_round(
-        self, progress: ProgressReporter, tensorboard: TensorBoardLog | None, settle: bool
-    ) -> None:
-        self._server = get_server()
-        server = self._server
-        nodes = self._wait_for_nodes(server, settle)
-        round_number = self._round + 1
-        selected_ids = self._strategy.select([n.node_id for n in nodes], round_number)
-        selected = [n for n in nodes if n.node_id in selected_ids]
-        secure = self._secure_round(round_number, selected)
-        payload, aux_msg = self._global_payload(selected_ids)
-        assert self._global_params is not None
-        progress.round_started(round_number, {n.node_id: n.label for n in selected})
-        request = RoundRequest(
-            experiment_id=self._id,
-            round_number=round_number,
-            plan=self._plan_payload_info(),
-            global_payload=payload,
-            aux_vars=aux_msg,
-            training_args_json=self._training_args.to_json(),
-            model_args_json=json.dumps(self._model_args),
-            datasets={n.node_id: n.matching_dataset(self._tags).name for n in selected},  # type: ignore[union-attr]
-            timeout=self._training_args.round_timeout,
-            secagg={n.node_id: secure.context() for n in selected} if secure else {},
-        )
-        record = RoundRecord(round=round_number)
-        replies: dict[str, dict[str, Any]] = {}
-        aux_sum: dict[str, Any] = {}
-        self._aggregator.start(self._global_params)
-
-        def on_reply(reply: NodeReply) -> None:
-            if secure is not None:
-                secure.add_reply(reply.node_id, reply.arrays, reply.aux_vars)
-            params = {
-                k[len(PARAM_PREFIX) :]: v
-                for k, v in reply.arrays.items()
-                if k.startswith(PARAM_PREFIX)
-            }
-            if secure is None or not secure.settings.protect_parameters:
-                self._aggregator.add(reply.node_id, params, float(reply.n_samples))
-            if secure is None and reply.aux_vars.items:
-                self._fold_aux_vars(aux_sum, reply)
-            loss = float(np.mean(reply.losses)) if reply.losses else None
-            record.nodes.append(
-                NodeRoundRecord(
-                    round=round_number,
-                    node=reply.node_id,
-                    node_name=reply.node_name,
-                    n_samples=reply.n_samples,
-                    loss=loss,
-                    metrics=reply.metrics,
-                    train_seconds=reply.train_seconds,
-                    n_steps=reply.n_steps,
-                )
-            )
-            replies[reply.node_id] = {
-                "node_name": reply.node_name,
-                "sample_size": reply.n_samples,
-                "metrics": reply.metrics,
-                "loss": loss,
-                "losses": reply.losses,
-                "timing": {"train_seconds": reply.train_seconds},
-                "params": params if self._retain_node_params else None,
-            }
-            progress.node_answered(round_number, reply.node_id, loss, reply.n_samples)
-
-        outcome = run_round(server, request, selected, on_reply)
-        record.failures = outcome.failures
-        record.seconds = outcome.seconds
-        labels = {n.node_id: n.label for n in selected}
-        try:
-            self._strategy.check_answers(
-                outcome.answered, {labels.get(k, k): v for k, v in outcome.failures.items()}
-            )
-            if secure is not None:
-                self._unmask_round(secure, outcome, round_number, aux_sum)
-            aggregated = self._aggregator.finish()
-            new_params = self._apply_agg_optimizer(aggregated, aux_sum)
-        except RoundFailedError as exc:
-            progress.round_failed(round_number, str(exc))
-            raise
-        with deferred_interrupts():
-            self._commit_round(round_number, new_params, replies, record)
-        progress.round_finished(record)
-        if tensorboard is not None:
-            tensorboard.append(record)
-
-    def _secure_round(self, round_number: int, selected: list[ConnectedNode]) -> Any:
-        """SecAgg state for this round, or None when SecAgg is off."""
-        if self._secagg is None:
-            return None
-        from researcher.secure_round import SecureRound, check_secagg_configuration
-
-        check_secagg_configuration(self._secagg, self._aggregator)
-        return SecureRound(self._secagg, self._id, round_number, selected)
-
-    def _unmask_round(
-        self, secure: Any, outcome: Any, round_number: int, aux_sum: dict[str, Any]
-    ) -> None:
-        """Recover from dropouts if needed, then fold the unmasked sums into the aggregates."""
-        from researcher.round import run_secagg_corrections
-
-        failed = [node_id for node_id in secure.nodes if node_id not in outcome.answered]
-        if failed:
-            survivors = secure.declare_dropped(failed)
-            log.warning(
-                "round %d: SecAgg recovering the sum of %d survivor(s) without %s",
-                round_number,
-                len(survivors),
-                ", ".join(secure.nodes[n].label for n in failed),
-            )
-            corrections = run_secagg_corrections(
-                self._server,
-                self._id,
-                round_number,
-                survivors,
-                secure.session_id,
-                failed,
-                secure.masked_names(),
-                self._training_args.round_timeout,
-                lambda reply: secure.add_correction(reply.node_id, reply.arrays),
-            )
-            if corrections.failures:
-                raise RoundFailedError(
-                    "SecAgg could not recover the round after dropouts: "
-                    + "; ".join(
-                        f"{secure.nodes[k].label}: {v}" for k, v in corrections.failures.items()
-                    )
-                )
-        assert self._global_params is not None
-        result = secure.result({k: v.dtype for k, v in self._global_params.items()})
-        if result.param_sums is not None:
-            self._aggregator.add_sums(result.param_sums, result.total_samples)
-        aux_sum.update(result.aux)
-
-    def _fold_aux_vars(self, aux_sum: dict[str, Any], reply: NodeReply) -> None:
-        from common.optimizers.aux_codec import decode_aux_vars
-
-        aux = decode_aux_vars(reply.aux_vars, reply.arrays, "numpy")
-        for module, value in aux.items():
-            aux_sum[module] = value if module not in aux_sum else aux_sum[module] + value
-
-    def _apply_agg_optimizer(
-        self, aggregated: dict[str, np.ndarray], aux_sum: dict[str, Any]
-    ) -> dict[str, np.ndarray]:
-        if self._researcher_optimizer is None:
-            if aux_sum:
-                raise RoundFailedError(
-                    f"nodes sent auxiliary variables for {sorted(aux_sum)} but the experiment has no "
-                    "agg_optimizer to use them: set agg_optimizer=Optimizer(..., modules=[ScaffoldServerModule()])"
-                )
-            return aggregated
-        assert self._global_params is not None
-        plan = self._ensure_plan()
-        trainable = set(plan.trainable_parameter_names())
-        g_train = {k: v for k, v in self._global_params.items() if k in trainable}
-        a_train = {k: v for k, v in aggregated.items() if k in trainable}
-        stepped = self._researcher_optimizer.step(g_train, a_train, aux_sum or None)
-        return {k: (stepped[k] if k in trainable else v) for k, v in aggregated.items()}
-
-    def _commit_round(
-        self,
-        round_number: int,
-        new_params: dict[str, np.ndarray],
-        replies: dict[str, dict[str, Any]],
-        record: RoundRecord,
-    ) -> None:
-        """Adopt the round's result, append its metrics and checkpoint it (signals held)."""
-        self._global_params = new_params
-        self._round = round_number
-        if self._plan is not None:
-            self._plan.set_parameters(new_params)
-        self._aggregated.record(round_number, new_params)
-        self._replies[round_number] = replies
-        self._history.append(record)
-        MetricsLog(self.experimentation_folder() / METRICS_FILE).append(record)
-        self.breakpoint()
 
     def _save_final(self) -> None:
         folder = self.experimentation_folder()
         folder.mkdir(parents=True, exist_ok=True)
-        assert self._global_params is not None
+        assert self._state.global_params is not None
         path = folder / FINAL_PARAMS_FILE
         tmp = folder / "final_params.tmp.npz"
-        np.savez(tmp, **self._global_params)
+        np.savez(tmp, allow_pickle=False, **self._state.global_params)
         tmp.replace(path)
         log.info(
             "final global parameters written to %s; metrics in %s", path, folder / METRICS_FILE
         )
+
+
+def _replies_from_record(record: RoundRecord) -> dict[str, ReplySummary]:
+    return {
+        node.node: {
+            "node_name": node.node_name,
+            "sample_size": node.n_samples,
+            "metrics": dict(node.metrics),
+            "loss": node.loss,
+            "timing": {"train_seconds": node.train_seconds},
+            "params": None,
+        }
+        for node in record.nodes
+    }
+
+
+def find_latest_experiment(out_dir: Path) -> Path:
+    """The experiment folder under `out_dir` whose latest checkpoint is the most recent."""
+    candidates = []
+    if Path(out_dir).is_dir():
+        for folder in Path(out_dir).iterdir():
+            checkpoint = latest_checkpoint(folder) if folder.is_dir() else None
+            if checkpoint is not None:
+                candidates.append((checkpoint.stat().st_mtime, folder))
+    if not candidates:
+        raise ConfigurationError(
+            f"no checkpointed experiment under {out_dir}: pass the experiment folder explicitly "
+            "(--out, experimentation_folder=..., or load_breakpoint(folder))"
+        )
+    return max(candidates)[1]

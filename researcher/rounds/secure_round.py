@@ -16,14 +16,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from declearn.optimizer.modules import AuxVar
 
-from common.errors import ConfigurationError, RoundFailedError, SecaggError
+from common.errors import ConfigurationError, PayloadError, RoundFailedError, SecaggError
+from common.optimizers.aux_codec import aux_var_class, build_aux_var, decode_aux_fields
+from common.optimizers.vectors import arrays_to_vector
 from common.proto import fedloom_pb2 as pb
 from common.secagg import SecureAggregation, SecureSum, new_session_id
+from common.secagg.payload import as_masked
 from common.secagg.protect import MASKED_PREFIX, N_SAMPLES_NAME
-from researcher.node_directory import ConnectedNode
+from researcher.aggregators import Aggregator
+from researcher.rounds.exchange import Exchange, NodeView
 
-__all__ = ["SecureRound", "SecureRoundResult"]
+__all__ = ["SecureRound", "SecureRoundResult", "check_secagg_configuration"]
+
+#: Name prefix of the parameters among the masked payloads.
+_PARAM_MASK_PREFIX = "param/"
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +45,7 @@ class SecureRoundResult:
 
     param_sums: dict[str, np.ndarray] | None  # None when parameters travel in clear
     total_samples: float | None
-    aux: dict[str, Any] = field(default_factory=dict)
+    aux: dict[str, AuxVar] = field(default_factory=dict)
 
 
 @dataclass
@@ -45,6 +53,15 @@ class _AuxLayout:
     type_name: str
     clear: dict[str, Any] | None = None  # aggregated clear fields
     secure: dict[str, pb.AuxValue] = field(default_factory=dict)  # field -> value referencing sums
+
+
+@dataclass(frozen=True)
+class PreparedReply:
+    """A masked reply checked whole by `SecureRound.prepare_reply`, ready to fold."""
+
+    node_id: str
+    masked: dict[str, np.ndarray]
+    aux_layout: dict[str, _AuxLayout]
 
 
 class SecureRound:
@@ -55,7 +72,7 @@ class SecureRound:
         settings: SecureAggregation,
         experiment_id: str,
         round_number: int,
-        nodes: Sequence[ConnectedNode],
+        nodes: Sequence[NodeView],
     ) -> None:
         missing = [n.label for n in nodes if len(n.secagg_public_key) != PUBLIC_KEY_BYTES]
         if missing:
@@ -65,12 +82,13 @@ class SecureRound:
             )
         settings.check_participants(len(nodes))
         self.settings = settings
+        self.round_number = round_number
         self.session_id = new_session_id(experiment_id, round_number)
         self.nodes = {n.node_id: n for n in nodes}
         self._sum = SecureSum(self.session_id, list(self.nodes), settings)
         self._masked_names: set[str] = set()
+        self._shapes: dict[str, tuple[int, ...]] = {}
         self._aux: dict[str, _AuxLayout] = {}
-        self._clear_params_seen = False
 
     def context(self) -> pb.SecaggContext:
         """The SecaggContext every participant receives (same for all)."""
@@ -86,64 +104,124 @@ class SecureRound:
             session_id=self.session_id,
         )
 
-    def add_reply(
+    def prepare_reply(
         self, node_id: str, arrays: Mapping[str, np.ndarray], aux_vars: pb.AuxVars
-    ) -> None:
-        """Fold one node's masked payloads into the sums and note its clear aux fields."""
+    ) -> PreparedReply:
+        """Validate one node's masked payloads and clear aux fields whole; change nothing.
+
+        Raises SecaggError or PayloadError naming the node when the reply is unusable.
+        """
+        label = self.nodes[node_id].label
         names = {k[len(MASKED_PREFIX) :] for k in arrays if k.startswith(MASKED_PREFIX)}
         if self.settings.protect_parameters and N_SAMPLES_NAME not in names:
             raise SecaggError(
-                f"node {self.nodes[node_id].label} sent its update without SecAgg masks although "
+                f"node {label} sent its update without SecAgg masks although "
                 "parameter protection is on: refusing it"
             )
         if self._masked_names and names != self._masked_names:
             raise SecaggError(
-                f"node {self.nodes[node_id].label} masked payloads {sorted(names ^ self._masked_names)[:5]} "
+                f"node {label} masked payloads {sorted(names ^ self._masked_names)[:5]} "
                 "that other nodes did not (or the reverse): all nodes must run the same plan and optimizer"
             )
-        self._masked_names = names
-        for name in sorted(names):
-            self._sum.add(node_id, name, arrays[MASKED_PREFIX + name])
-        self._add_aux(aux_vars, arrays)
+        masked = {
+            name: as_masked(
+                arrays[MASKED_PREFIX + name],
+                node_id=node_id,
+                name=name,
+                shape=self._shapes.get(name),
+                what="masked payload",
+            )
+            for name in sorted(names)
+        }
+        return PreparedReply(node_id, masked, self._checked_aux(label, aux_vars, arrays))
 
-    def _add_aux(self, aux_vars: pb.AuxVars, arrays: Mapping[str, np.ndarray]) -> None:
-        from common.optimizers.aux_codec import aux_var_class, decode_aux_fields
+    def commit_reply(self, prepared: PreparedReply) -> None:
+        """Fold a reply `prepare_reply` accepted."""
+        self._masked_names = set(prepared.masked)
+        for name, array in prepared.masked.items():
+            self._shapes.setdefault(name, array.shape)
+            self._sum.add(prepared.node_id, name, array)
+        self._aux = prepared.aux_layout
 
+    def _checked_aux(
+        self, label: str, aux_vars: pb.AuxVars, arrays: Mapping[str, np.ndarray]
+    ) -> dict[str, _AuxLayout]:
+        """The aux layout after folding this reply's clear fields (nothing is changed yet)."""
+        updated = dict(self._aux)
         for item in aux_vars.items:
             secure = {f.name: f.value for f in item.fields if _is_masked(f.value)}
             clear_fields = [f for f in item.fields if not _is_masked(f.value)]
             clear = decode_aux_fields(clear_fields, arrays, "numpy")
-            layout = self._aux.get(item.module)
+            layout = updated.get(item.module)
             if layout is None:
-                self._aux[item.module] = _AuxLayout(item.type, clear, secure)
+                updated[item.module] = _AuxLayout(item.type, clear, secure)
                 continue
             if layout.type_name != item.type or set(layout.secure) != set(secure):
                 raise SecaggError(
-                    f"nodes sent different kinds of aux var {item.module!r}; all nodes must run the same optimizer"
+                    f"node {label} sent another kind of aux var {item.module!r} than the "
+                    "other nodes; all nodes must run the same optimizer"
                 )
             agg_cls = aux_var_class(item.type)
             default = agg_cls.default_aggregate
             assert layout.clear is not None
-            layout.clear = {
-                key: getattr(agg_cls, f"aggregate_{key}", default)(value, clear[key])
-                for key, value in layout.clear.items()
-            }
+            if set(layout.clear) != set(clear):
+                raise SecaggError(
+                    f"node {label} sent other clear fields of aux var {item.module!r}"
+                )
+            try:
+                merged = {
+                    key: getattr(agg_cls, f"aggregate_{key}", default)(value, clear[key])
+                    for key, value in layout.clear.items()
+                }
+            except (TypeError, ValueError) as exc:
+                raise PayloadError(
+                    f"node {label}: cannot aggregate aux var {item.module!r}: {exc}"
+                ) from exc
+            updated[item.module] = _AuxLayout(item.type, merged, secure)
+        return updated
 
     def masked_names(self) -> list[str]:
         return sorted(self._masked_names)
 
-    def declare_dropped(self, failed: Sequence[str]) -> list[ConnectedNode]:
-        """Fix the dropped set; returns the survivors to ask for corrections."""
+    def recover(
+        self, exchange: Exchange, experiment_id: str, answered: Sequence[str], timeout: float
+    ) -> None:
+        """After dropouts, ask every survivor for its masks toward the dropped nodes."""
+        failed = [node_id for node_id in self.nodes if node_id not in answered]
+        if not failed:
+            return
         survivors = self._sum.declare_dropped(failed)
-        return [self.nodes[n] for n in survivors]
-
-    def add_correction(self, node_id: str, arrays: Mapping[str, np.ndarray]) -> None:
-        for name in self._masked_names:
-            if name not in arrays:
-                raise SecaggError(
-                    f"node {self.nodes[node_id].label} sent no dropout correction for {name!r}"
+        log.warning(
+            "SecAgg recovering the sum of %d survivor(s) without %s",
+            len(survivors),
+            ", ".join(self.nodes[n].label for n in failed),
+        )
+        request = pb.SecaggCorrectionRequest(
+            session_id=self.session_id, dropped=failed, payload_names=self.masked_names()
+        )
+        tasks = {
+            node_id: pb.TaskRequest(
+                experiment_id=experiment_id,
+                round=self.round_number,
+                timeout_seconds=timeout,
+                secagg_correction=request,
+            )
+            for node_id in survivors
+        }
+        outcome = exchange.run_tasks(tasks, timeout)
+        if outcome.failures:
+            raise RoundFailedError(
+                "SecAgg could not recover the round after dropouts: "
+                + "; ".join(f"{self.nodes[k].label}: {v}" for k, v in outcome.failures.items())
+            )
+        for node_id, received in outcome.replies.items():
+            missing = [n for n in self._masked_names if n not in received.arrays]
+            if missing:
+                raise RoundFailedError(
+                    f"node {self.nodes[node_id].label} sent no dropout correction for {missing[:3]}"
                 )
-            self._sum.add_correction(node_id, name, arrays[name])
+            for name in self._masked_names:
+                self._sum.add_correction(node_id, name, received.arrays[name])
 
     def result(self, dtypes: Mapping[str, np.dtype] | None = None) -> SecureRoundResult:
         """Unmask the sums (only valid once every survivor delivered or corrected).
@@ -152,21 +230,18 @@ class SecureRound:
         parameters come back in the same dtype (sums are computed in float64).
         """
         dtypes = dtypes or {}
-        from common.optimizers.aux_codec import build_aux_var
-        from common.optimizers.vectors import arrays_to_vector
-
         param_sums = None
         total = None
         if self.settings.protect_parameters:
             param_sums = {
-                name[len("param/") :]: self._sum.result(name)
+                name[len(_PARAM_MASK_PREFIX) :]: self._sum.result(name)
                 for name in self._masked_names
-                if name.startswith("param/")
+                if name.startswith(_PARAM_MASK_PREFIX)
             }
             total = float(self._sum.result(N_SAMPLES_NAME).reshape(-1)[0])
             if total <= 0:
                 raise RoundFailedError(f"the securely summed sample count is {total}; expected > 0")
-        aux = {}
+        aux: dict[str, AuxVar] = {}
         for module, layout in self._aux.items():
             fields = dict(layout.clear or {})
             for name, value in layout.secure.items():
@@ -192,12 +267,11 @@ def _is_masked(value: pb.AuxValue) -> bool:
     return kind == "array" and value.array.startswith(MASKED_PREFIX)
 
 
-def check_secagg_configuration(settings: SecureAggregation, aggregator: Any) -> None:
-    """SecAgg sums, so only FedAverage (a weighted sum) can aggregate protected parameters."""
-    from researcher.aggregators import FedAverage
-
-    if settings.protect_parameters and not isinstance(aggregator, FedAverage):
+def check_secagg_configuration(settings: SecureAggregation, aggregator: Aggregator) -> None:
+    """Protected parameters reach the aggregator only as a sum: it must be able to use one."""
+    if settings.protect_parameters and not aggregator.supports_secure_sum:
         raise ConfigurationError(
-            f"SecAgg with protected parameters needs the FedAverage aggregator, not "
-            f"{type(aggregator).__name__}: use FedAverage() or SecureAggregation(protect_parameters=False)"
+            f"SecAgg with protected parameters reveals only the sum of the nodes' updates, which "
+            f"the {type(aggregator).__name__} aggregator cannot use: choose an aggregator that "
+            "supports secure sums (FedAverage) or SecureAggregation(protect_parameters=False)"
         )

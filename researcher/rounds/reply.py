@@ -1,0 +1,185 @@
+"""A node's train reply, decoded and validated whole before anything is folded.
+
+`decode_train_reply` turns a `ReceivedReply` into a `TrainReply` or refuses it with an
+`InvalidReplyError` naming the node and the fault. Every check happens here, first: names,
+shapes, dtypes and finiteness of every tensor, the sample count, the aux vars. So a
+refused reply leaves no trace in any aggregate, aux var, metric or history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from declearn.optimizer.modules import AuxVar
+
+from common.errors import FedloomError
+from common.finite import all_finite
+from common.optimizers.aux_codec import decode_aux_vars
+from common.proto import fedloom_pb2 as pb
+from common.secagg.protect import MASKED_PREFIX
+from researcher.rounds.exchange import ReceivedReply
+
+__all__ = [
+    "AUX_PREFIX",
+    "PARAM_PREFIX",
+    "InvalidReplyError",
+    "ModelTemplate",
+    "TrainReply",
+    "decode_train_reply",
+]
+
+#: Names of the arrays of each section inside an upload.
+PARAM_PREFIX = "param/"
+AUX_PREFIX = "aux/"
+
+
+class InvalidReplyError(FedloomError):
+    """A node's reply is malformed or unusable; it is refused whole."""
+
+
+@dataclass(frozen=True)
+class ModelTemplate:
+    """Names, shapes and dtypes the global model has, which every reply must match."""
+
+    shapes: Mapping[str, tuple[int, ...]]
+    dtypes: Mapping[str, np.dtype]
+
+    @classmethod
+    def of(cls, params: Mapping[str, np.ndarray]) -> ModelTemplate:
+        return cls(
+            {k: tuple(np.shape(v)) for k, v in params.items()},
+            {k: np.asarray(v).dtype for k, v in params.items()},
+        )
+
+
+@dataclass
+class TrainReply:
+    """One node's validated train reply.
+
+    In clear rounds `params` holds the node's parameters and `aux` its decoded aux vars.
+    Under SecAgg, `masked` holds the masked arrays and `aux_message` the aux-var layout,
+    which only the secure aggregation can read; `params` is empty when parameters are
+    protected.
+    """
+
+    node_id: str
+    node_name: str
+    n_samples: int
+    metrics: dict[str, float]
+    losses: list[float]
+    train_seconds: float
+    n_steps: int
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    aux: dict[str, AuxVar] = field(default_factory=dict)
+    masked: dict[str, np.ndarray] = field(default_factory=dict)
+    aux_message: pb.AuxVars = field(default_factory=pb.AuxVars)
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def mean_loss(self) -> float | None:
+        return float(np.mean(self.losses)) if self.losses else None
+
+
+def decode_train_reply(
+    received: ReceivedReply,
+    node_name: str,
+    label: str,
+    template: ModelTemplate,
+    *,
+    aux_modules: Collection[str],
+    secure: bool,
+    params_masked: bool,
+) -> TrainReply:
+    """Decode and validate a train reply; raise InvalidReplyError on any fault.
+
+    `aux_modules` are the aux-var names the researcher optimizer consumes: any other is
+    refused. `label` names the node in error messages. `secure` says the round runs SecAgg, `params_masked` that parameters travel
+    masked (then the clear sample count must be 0 and the masked one is checked by SecAgg).
+    """
+    reply = received.reply
+    arrays = received.arrays
+    where = f"node {label}"
+    n_samples = int(reply.n_samples)
+    if params_masked:
+        if n_samples != 0:
+            raise InvalidReplyError(
+                f"{where} sent its sample count in clear ({n_samples}) although SecAgg protects "
+                "it: the node runs another fedloom version or ignores the SecAgg settings"
+            )
+    elif n_samples <= 0:
+        raise InvalidReplyError(
+            f"{where} reported {n_samples} training samples; a reply needs at least one "
+            "(check that its dataset is not empty and the plan's training_data returns it)"
+        )
+    params: dict[str, np.ndarray] = {}
+    if not params_masked:
+        params = {
+            k[len(PARAM_PREFIX) :]: v for k, v in arrays.items() if k.startswith(PARAM_PREFIX)
+        }
+        _check_params(params, template, where)
+    masked = {k[len(MASKED_PREFIX) :]: v for k, v in arrays.items() if k.startswith(MASKED_PREFIX)}
+    if masked and not secure:
+        raise InvalidReplyError(f"{where} sent SecAgg-masked arrays in a round without SecAgg")
+    aux: dict[str, AuxVar] = {}
+    modules = {item.module for item in reply.aux_vars.items}
+    unknown = sorted(modules - set(aux_modules))
+    if unknown:
+        raise InvalidReplyError(
+            f"{where} sent aux vars {unknown} that no researcher optimizer module consumes "
+            f"(expected {sorted(aux_modules) or 'none'}): pair the plan's optimizer modules with "
+            "the experiment's agg_optimizer (e.g. ScaffoldClientModule with ScaffoldServerModule)"
+        )
+    if not secure:
+        aux_arrays = {k: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)}
+        for name, value in aux_arrays.items():
+            if value.dtype.kind == "f" and not all_finite(value):
+                raise InvalidReplyError(f"{where} sent non-finite values in aux array {name!r}")
+        try:
+            aux = decode_aux_vars(reply.aux_vars, arrays, "numpy")
+        except FedloomError as exc:
+            raise InvalidReplyError(f"{where} sent unreadable aux vars: {exc}") from exc
+    losses = [float(x) for x in reply.losses]
+    return TrainReply(
+        node_id=received.node_id,
+        node_name=node_name,
+        n_samples=n_samples,
+        metrics={str(k): float(v) for k, v in reply.metrics.items()},
+        losses=losses,
+        train_seconds=float(reply.train_seconds),
+        n_steps=int(reply.n_steps),
+        params=params,
+        aux=aux,
+        masked=masked,
+        aux_message=reply.aux_vars,
+        arrays=arrays if secure else {},
+    )
+
+
+def _check_params(params: Mapping[str, np.ndarray], template: ModelTemplate, where: str) -> None:
+    if set(params) != set(template.shapes):
+        missing = sorted(set(template.shapes) - set(params))[:5]
+        extra = sorted(set(params) - set(template.shapes))[:5]
+        raise InvalidReplyError(
+            f"{where} sent parameters that do not match the global model (missing {missing}, "
+            f"unexpected {extra}): the node trains another plan or model_args"
+        )
+    for name, shape in template.shapes.items():
+        value = params[name]
+        if value.shape != shape:
+            raise InvalidReplyError(
+                f"{where} sent {name!r} with shape {value.shape}, the global model has {shape}"
+            )
+        expected = template.dtypes[name]
+        if value.dtype.kind != expected.kind or (
+            expected.kind == "f" and value.dtype.itemsize < expected.itemsize
+        ):
+            raise InvalidReplyError(
+                f"{where} sent {name!r} as {value.dtype}, the global model holds {expected}"
+            )
+        if value.dtype.kind == "f" and not all_finite(value):
+            raise InvalidReplyError(
+                f"{where} sent non-finite values in {name!r}: lower its learning rate or check "
+                "its data"
+            )

@@ -1,0 +1,251 @@
+"""One round: select → publish → train → decode and validate → aggregate → server optimizer.
+
+`run_round` asks the strategy every policy question (who, how long, is it enough), uses the
+exchange to talk to nodes, decodes each reply whole before the aggregation folds it, and
+returns the new global parameters with the round's record. It commits nothing: the
+experiment adopts the result and checkpoints it (researcher/rounds/state.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from common.errors import FedloomError
+from common.optimizers.aux_codec import encode_aux_vars
+from common.payload import EncodedPayload, encode_arrays
+from common.proto import fedloom_pb2 as pb
+from common.secagg import SecureAggregation as SecaggSettings
+from common.training_args import TrainingArgs
+from researcher.aggregators import Aggregator
+from researcher.history import NodeRoundRecord, RoundRecord
+from researcher.optimization import ResearcherOptimizer
+from researcher.rounds.aggregation import ClearAggregation, RoundAggregation, SecureAggregation
+from researcher.rounds.exchange import Exchange, NodeView, ReceivedReply
+from researcher.rounds.global_update import global_update
+from researcher.rounds.policy import Strategy
+from researcher.rounds.reply import (
+    AUX_PREFIX,
+    PARAM_PREFIX,
+    ModelTemplate,
+    TrainReply,
+    decode_train_reply,
+)
+from researcher.rounds.secure_round import SecureRound, check_secagg_configuration
+
+__all__ = ["PlanInfo", "RoundListener", "RoundResult", "RoundSetup", "run_round"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanInfo:
+    """The training plan as it travels: class name, source and its hash."""
+
+    class_name: str
+    source: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RoundSetup:
+    """What every round of a run needs and does not change."""
+
+    experiment_id: str
+    plan: PlanInfo
+    tags: Sequence[str]
+    nodes: Sequence[str] | None
+    training_args: TrainingArgs
+    model_args: Mapping[str, object]
+    node_wait_timeout: float
+    aggregator: Aggregator
+    strategy: Strategy
+    optimizer: ResearcherOptimizer | None
+    secagg: SecaggSettings | None
+    trainable: frozenset[str]
+
+
+class RoundListener(Protocol):
+    """Who follows a round as it happens (the progress display)."""
+
+    def round_started(self, round_number: int, nodes: Mapping[str, str]) -> None: ...
+    def node_answered(
+        self, round_number: int, node_id: str, loss: float | None, n_samples: int
+    ) -> None: ...
+
+
+#: Receives each accepted reply's parameters (to keep them, when asked for).
+ParamsSink = Callable[[str, Mapping[str, np.ndarray]], None]
+
+
+@dataclass
+class RoundResult:
+    """A completed round: the new global model and what happened."""
+
+    params: dict[str, np.ndarray]
+    record: RoundRecord
+    replies: dict[str, TrainReply] = field(default_factory=dict)
+
+
+def run_round(
+    exchange: Exchange,
+    setup: RoundSetup,
+    round_number: int,
+    global_params: Mapping[str, np.ndarray],
+    listener: RoundListener,
+    *,
+    settle: bool = False,
+    keep_params: ParamsSink | None = None,
+) -> RoundResult:
+    """Run round `round_number` from `global_params`; raise RoundFailedError if it cannot finish."""
+    strategy = setup.strategy
+    eligible = strategy.wait_for_nodes(
+        exchange, setup.tags, setup.nodes, setup.node_wait_timeout, settle=settle
+    )
+    chosen = set(strategy.select([n.node_id for n in eligible], round_number))
+    selected = [n for n in eligible if n.node_id in chosen]
+    labels = {n.node_id: n.label for n in selected}
+    names = {n.node_id: n.name for n in selected}
+    deadline = strategy.round_deadline(setup.training_args)
+    template = ModelTemplate.of(global_params)
+    aggregation, secure = _aggregation(setup, round_number, selected, global_params)
+    aux_modules = (
+        frozenset(setup.optimizer.optimizer.aux_var_names) if setup.optimizer else frozenset()
+    )
+    record = RoundRecord(round=round_number)
+    replies: dict[str, TrainReply] = {}
+    listener.round_started(round_number, labels)
+
+    def on_reply(received: ReceivedReply) -> None:
+        reply = decode_train_reply(
+            received,
+            names[received.node_id],
+            labels[received.node_id],
+            template,
+            aux_modules=aux_modules,
+            secure=secure is not None,
+            params_masked=secure is not None and secure.settings.protect_parameters,
+        )
+        aggregation.add(reply)
+        # Accepted: from here on the reply is part of the round.
+        if keep_params is not None and reply.params:
+            keep_params(reply.node_id, reply.params)
+        replies[reply.node_id] = _without_arrays(reply)
+        record.nodes.append(
+            NodeRoundRecord(
+                round=round_number,
+                node=reply.node_id,
+                node_name=reply.node_name,
+                n_samples=reply.n_samples,
+                loss=reply.mean_loss,
+                metrics=reply.metrics,
+                train_seconds=reply.train_seconds,
+                n_steps=reply.n_steps,
+            )
+        )
+        listener.node_answered(round_number, reply.node_id, reply.mean_loss, reply.n_samples)
+
+    payload, aux_message = _global_payload(setup, global_params, sorted(chosen))
+    payload_id = exchange.publish(payload, sorted(chosen))
+    del payload  # the exchange holds it while nodes download
+    try:
+        tasks = {
+            n.node_id: _train_task(
+                setup, round_number, n, payload_id, deadline, aux_message, secure
+            )
+            for n in selected
+        }
+        outcome = exchange.run_tasks(tasks, deadline, on_reply)
+    finally:
+        exchange.unpublish(payload_id)
+    for node in selected:
+        if node.node_id in outcome.answered:
+            node.known_plans.add(setup.plan.sha256)
+    record.failures = dict(outcome.failures)
+    record.seconds = outcome.seconds
+    strategy.check_answers(
+        outcome.answered, {labels.get(k, k): v for k, v in outcome.failures.items()}
+    )
+    aggregate = aggregation.finish(exchange, outcome.answered, deadline)
+    new_params = global_update(global_params, aggregate, setup.optimizer, setup.trainable)
+    return RoundResult(new_params, record, replies)
+
+
+def _aggregation(
+    setup: RoundSetup,
+    round_number: int,
+    selected: Sequence[NodeView],
+    global_params: Mapping[str, np.ndarray],
+) -> tuple[RoundAggregation, SecureRound | None]:
+    """The seam: clear folding, or a SecAgg session whose unmasked sum folds the same way."""
+    if setup.secagg is None:
+        return ClearAggregation(setup.aggregator, global_params), None
+    check_secagg_configuration(setup.secagg, setup.aggregator)
+    session = SecureRound(setup.secagg, setup.experiment_id, round_number, selected)
+    aggregation = SecureAggregation(session, setup.aggregator, global_params, setup.experiment_id)
+    return aggregation, session
+
+
+def _global_payload(
+    setup: RoundSetup, global_params: Mapping[str, np.ndarray], node_ids: Sequence[str]
+) -> tuple[EncodedPayload, pb.AuxVars]:
+    """The payload every selected node downloads (encoded once), and the aux-var message."""
+    arrays = {PARAM_PREFIX + k: v for k, v in global_params.items()}
+    message = pb.AuxVars()
+    if setup.optimizer is not None:
+        aux = setup.optimizer.collect_aux_var_for(node_ids)
+        if aux:
+            message, aux_arrays = encode_aux_vars(aux, prefix=AUX_PREFIX.rstrip("/"))
+            arrays.update(aux_arrays)
+    return encode_arrays(arrays), message
+
+
+def _train_task(
+    setup: RoundSetup,
+    round_number: int,
+    node: NodeView,
+    payload_id: str,
+    deadline: float,
+    aux_message: pb.AuxVars,
+    secure: SecureRound | None,
+) -> pb.TaskRequest:
+    plan = pb.TrainingPlanSource(class_name=setup.plan.class_name, sha256=setup.plan.sha256)
+    if setup.plan.sha256 not in node.known_plans:
+        plan.source = setup.plan.source
+    dataset = node.matching_dataset(setup.tags)
+    if dataset is None:  # the strategy only selects nodes holding the tags
+        raise FedloomError(f"node {node.label} holds no dataset with tags {list(setup.tags)}")
+    train = pb.TrainRequest(
+        plan=plan,
+        params_payload_id=payload_id,
+        aux_vars=aux_message,
+        training_args_json=setup.training_args.to_json(),
+        model_args_json=json.dumps(dict(setup.model_args)),
+        dataset_name=dataset.name,
+    )
+    if secure is not None:
+        train.secagg.CopyFrom(secure.context())
+    return pb.TaskRequest(
+        experiment_id=setup.experiment_id,
+        round=round_number,
+        timeout_seconds=deadline,
+        train=train,
+    )
+
+
+def _without_arrays(reply: TrainReply) -> TrainReply:
+    """The reply's summary, without the views over its upload buffer (freed after the round)."""
+    return TrainReply(
+        node_id=reply.node_id,
+        node_name=reply.node_name,
+        n_samples=reply.n_samples,
+        metrics=reply.metrics,
+        losses=reply.losses,
+        train_seconds=reply.train_seconds,
+        n_steps=reply.n_steps,
+    )
