@@ -106,8 +106,15 @@ def split_file(
     """Split the CSV or NPZ file at `path` into `n_nodes` files under `out`."""
     dataset = load_splittable(path, target)
     labels = dataset.labels()
+    kind = "column" if dataset.data_type == "csv" else "array"
+    if labels is not None and _is_continuous(labels):
+        if spec.needs_labels:
+            raise DatasetError(
+                f"the target {kind} {target!r} of {path} holds non-integer numbers (a regression "
+                f"target?): split {spec} needs classes; use --split iid, or a class {kind}"
+            )
+        labels = None  # IID by continuous values: nothing to stratify on, no counts to show
     if labels is None and spec.needs_labels:
-        kind = "column" if dataset.data_type == "csv" else "array"
         raise DatasetError(
             f"split {spec} distributes classes: name the {kind} holding them with --target "
             f"(the {kind}s of {path} are: {', '.join(dataset.columns)})"
@@ -120,6 +127,14 @@ def split_file(
     else:
         classes, rows = class_counts(labels, parts)
     return SplitResult(path, spec, seed, target, tuple(classes), tuple(rows), tuple(paths))
+
+
+def _is_continuous(labels: npt.NDArray[np.generic]) -> bool:
+    """True for floating-point labels that are not all whole numbers."""
+    if labels.dtype.kind != "f":
+        return False
+    values = labels.astype(np.float64)
+    return bool(np.any(np.isfinite(values) & (values != np.round(values))))
 
 
 def node_file_name(index: int, data_type: str) -> str:

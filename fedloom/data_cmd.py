@@ -14,6 +14,9 @@ from common.split_files import SplitResult, split_file
 
 __all__ = ["format_split_table", "register", "split_to_dict"]
 
+#: Classes shown as one column each; more would not fit a terminal (JSON always has them all).
+MAX_CLASS_COLUMNS = 12
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `data` command and its `split` sub-command."""
@@ -97,14 +100,25 @@ def split_to_dict(result: SplitResult) -> dict[str, Any]:
 
 
 def format_split_table(result: SplitResult) -> str:
-    """Plain aligned text, one row per node, one column per class; never truncated."""
-    header = ["node", "file", "samples", *(f"class {c}" for c in result.classes)]
+    """Plain aligned text, one row per node, one column per class; never truncated.
+
+    Past `MAX_CLASS_COLUMNS` classes, a column counts each node's classes instead.
+    """
+    per_class = len(result.classes) <= MAX_CLASS_COLUMNS
+    class_header = [f"class {c}" for c in result.classes] if per_class else ["classes"]
+
+    def class_cells(counts: tuple[int, ...]) -> list[str]:
+        if per_class:
+            return [str(c) for c in counts]
+        return [str(sum(1 for c in counts if c))]
+
+    header = ["node", "file", "samples", *class_header]
     rows = [
-        [str(row.node + 1), path.name, str(row.n_samples), *(str(c) for c in row.per_class)]
+        [str(row.node + 1), path.name, str(row.n_samples), *class_cells(row.per_class)]
         for row, path in zip(result.nodes, result.paths, strict=True)
     ]
-    totals = [str(sum(col)) for col in zip(*(r.per_class for r in result.nodes), strict=True)]
-    rows.append(["all", "", str(sum(r.n_samples for r in result.nodes)), *totals])
+    totals = tuple(sum(col) for col in zip(*(r.per_class for r in result.nodes), strict=True))
+    rows.append(["all", "", str(sum(r.n_samples for r in result.nodes)), *class_cells(totals)])
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:

@@ -252,3 +252,30 @@ def test_split_refuses_to_overwrite_node_files(
     assert main(args) == 0
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_split_by_a_continuous_target_is_refused_for_class_splits_and_plain_for_iid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = _write_csv(tmp_path / "cohort.csv")
+    base = ["data", "split", str(tmp_path / "cohort.csv"), "--nodes", "3", "--target", "score"]
+    assert main([*base, "--split", "dirichlet:1"]) == 2
+    assert "non-integer numbers (a regression target?)" in capsys.readouterr().err
+    assert main([*base, "--split", "iid", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [n["samples"] for n in doc["nodes"]] == [len(frame) // 3] * 3
+    assert all(n["classes"] == {} for n in doc["nodes"])
+
+
+def test_split_table_counts_classes_when_there_are_too_many_to_show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pd.DataFrame({"x": range(400), "y": [i % 40 for i in range(400)]}).to_csv(
+        tmp_path / "many.csv", index=False
+    )
+    args = ["data", "split", str(tmp_path / "many.csv"), "--nodes", "4", "--target", "y"]
+    assert main([*args, "--split", "label-skew:10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("node"))
+    assert header.split() == ["node", "file", "samples", "classes"]
+    assert [line.split()[-1] for line in lines if line[:1].isdigit()] == ["10"] * 4
