@@ -14,7 +14,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 ruff format --check .
 # The documentation site: any warning (broken link, missing page, bad docstring) fails.
-NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet
+# Not --quiet: it hides the warnings that --strict counts, and the build would always pass.
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict
 python -m pytest -q -m "not compose" "$@"
 if [ "${FEDLOOM_SKIP_COMPOSE:-0}" != 1 ]; then
     python -m pytest -q -m compose tests/test_compose.py
