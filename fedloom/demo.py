@@ -67,11 +67,12 @@ def _prepare_nodes(work: Path, n_nodes: int, split: str, seed: int) -> list[Path
     from fedloom.demo_data import write_demo_csv
     from node.provision import DatasetSpec, ReviewedPlan, provision_node
 
+    spec = parse_split(split)  # before writing anything: a typo leaves no files behind
     # One pooled dataset cut into node datasets the way `fedloom data split` does it.
     pool = write_demo_csv(
         work / "data" / "pool.csv", node_index=0, n_samples=SAMPLES_PER_NODE * n_nodes
     )
-    result = split_file(pool, n_nodes, parse_split(split), work / "data", seed=seed, target="y")
+    result = split_file(pool, n_nodes, spec, work / "data", seed=seed, target="y")
     print(format_split_table(result))
     # The demo operator has reviewed the demo plan: approve it ahead of time.
     plan = ReviewedPlan("DemoMLP", plan_source(demo_experiment.DemoMLP), reviewer="fedloom demo")
