@@ -5,11 +5,11 @@ Usage: python tools/gen_proto.py [OUTPUT_DIR]   (default: common/proto)
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
 
-import os
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
