@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full command tree."""
     import node.cli
     import researcher.cli
-    from fedloom import certs_cmd, demo
+    from fedloom import certs_cmd, data_cmd, demo, new_project
 
     parser = argparse.ArgumentParser(
         prog="fedloom",
@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.cli.register(sub)
     researcher.cli.register(sub)
     certs_cmd.register(sub)
+    data_cmd.register(sub)
     demo.register(sub)
+    new_project.register(sub)
     return parser
 
 

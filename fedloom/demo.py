@@ -14,10 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.errors import FedloomError
+
 __all__ = ["register", "run_demo"]
 
 #: Seconds nodes get to exit after SIGTERM before they are killed.
 STOP_GRACE_SECONDS = 5.0
+
+#: Synthetic samples per node: enough for a visible learning curve in 5 rounds, small enough
+#: that a round takes about a second on a laptop.
+SAMPLES_PER_NODE = 600
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,6 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     parser.add_argument("--rounds", type=int, default=5, help="number of rounds (default 5)")
+    parser.add_argument(
+        "--split",
+        default="dirichlet:1",
+        metavar="iid|label-skew:K|dirichlet:ALPHA",
+        help="how the synthetic data is shared among nodes, as in `fedloom data split` "
+        "(default dirichlet:1: label proportions differ between nodes)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -44,19 +58,26 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _prepare_nodes(work: Path, n_nodes: int) -> list[Path]:
+def _prepare_nodes(work: Path, n_nodes: int, split: str, seed: int) -> list[Path]:
+    from common.data_split import parse_split
+    from common.split_files import split_file
     from common.training_plans.source import plan_source
     from fedloom import demo_experiment
+    from fedloom.data_cmd import format_split_table
     from fedloom.demo_data import write_demo_csv
     from node.provision import DatasetSpec, ReviewedPlan, provision_node
 
+    spec = parse_split(split)  # before writing anything: a typo leaves no files behind
+    # One pooled dataset cut into node datasets the way `fedloom data split` does it.
+    pool = write_demo_csv(
+        work / "data" / "pool.csv", node_index=0, n_samples=SAMPLES_PER_NODE * n_nodes
+    )
+    result = split_file(pool, n_nodes, spec, work / "data", seed=seed, target="y")
+    print(format_split_table(result))
     # The demo operator has reviewed the demo plan: approve it ahead of time.
     plan = ReviewedPlan("DemoMLP", plan_source(demo_experiment.DemoMLP), reviewer="fedloom demo")
     homes = []
-    for i in range(n_nodes):
-        csv = write_demo_csv(
-            work / "data" / f"node-{i + 1}.csv", node_index=i, n_samples=400 + 200 * i
-        )
+    for i, csv in enumerate(result.paths):
         home = provision_node(
             work / f"node-{i + 1}",
             name=f"hospital-{chr(ord('a') + i)}",
@@ -117,7 +138,11 @@ def run_demo(args: argparse.Namespace) -> int:
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="fedloom-demo-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out = (args.out or work / "runs").resolve()
-    homes = _prepare_nodes(work, args.nodes)
+    try:
+        homes = _prepare_nodes(work, args.nodes, args.split, args.seed)
+    except FedloomError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     address = f"127.0.0.1:{_free_port()}"
     print(
         f"fedloom demo: {args.nodes} nodes, {args.rounds} rounds, researcher on {address}, work dir {work}"
