@@ -90,10 +90,13 @@ def normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
         tag = raw.strip()
         if "," in tag:
             raise DatasetError(
-                f"tag {tag!r} contains a comma: commas separate tags, pass it as two"
+                f"tag {tag!r} contains a comma: commas separate tags, pass it as two",
+                field="tags",
             )
         if any(not ch.isprintable() for ch in tag):
-            raise DatasetError(f"tag {tag!r} contains a control character: remove it")
+            raise DatasetError(
+                f"tag {tag!r} contains a control character: remove it", field="tags"
+            )
         if tag:
             seen.setdefault(tag, None)
     return tuple(seen)
@@ -105,7 +108,8 @@ def validate_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(stripped):
         raise DatasetError(
             f"invalid dataset name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            "starting with a letter or digit",
+            field="name",
         )
     return stripped
 
@@ -158,7 +162,8 @@ class DatasetRegistry:
         clean_tags = normalize_tags(tags)
         if not clean_tags:
             raise DatasetError(
-                f"dataset {name!r} needs at least one tag: researchers find data by tags"
+                f"dataset {name!r} needs at least one tag: researchers find data by tags",
+                field="tags",
             )
         self._refuse_taken(name)
         # Inspection reads the whole dataset (hash): done before the write transaction so
@@ -212,7 +217,8 @@ class DatasetRegistry:
     def _taken(self, name: str) -> DatasetError:
         return DatasetError(
             f"a dataset named {name!r} is already registered: choose another name, or remove "
-            f"it first with `fedloom node dataset remove {name}`"
+            f"it first with `fedloom node dataset remove {name}`",
+            field="name",
         )
 
     def _refuse_taken(self, name: str) -> None:

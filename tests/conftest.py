@@ -7,11 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -199,3 +200,127 @@ def wait_for_nodes(count: int, timeout: float = NODE_CONNECT_TIMEOUT) -> None:
         raise AssertionError(
             f"only {len(server.directory.connected())} of {count} nodes connected in {timeout} s"
         )
+
+
+@dataclass
+class ConsoleProcess:
+    """A `fedloom node console` process: its URL, login secret and output."""
+
+    home: Path
+    url: str
+    password: str
+    proc: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+ConsoleFactory = Callable[..., ConsoleProcess]
+
+#: Seconds a console may take to print its address (imports on a loaded 2-core box).
+CONSOLE_START_TIMEOUT = 60.0
+
+
+@pytest.fixture
+def start_console() -> Iterator[ConsoleFactory]:
+    """Start `fedloom node --home HOME console` on a free port; returns its URL and secret.
+
+    The home must not have a console secret yet, so that the first start prints it.
+    """
+    consoles: list[ConsoleProcess] = []
+
+    def start(home: Path, *extra_args: str) -> ConsoleProcess:
+        port = free_port()
+        proc = subprocess.Popen(
+            fedloom_cmd("node", "--home", str(home), "console", "--port", str(port), *extra_args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+        console = ConsoleProcess(home, "", "", proc)
+        consoles.append(console)
+        deadline = time.monotonic() + CONSOLE_START_TIMEOUT
+        assert proc.stdout is not None
+        while not console.url:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError("the console exited early:\n" + "".join(console.output))
+            console.output.append(line)
+            if "console password" in line:
+                console.password = line.rsplit(": ", 1)[1].strip()
+            if line.startswith("Node console for"):
+                console.url = line.rsplit(" at ", 1)[1].strip().rstrip("/")
+            if time.monotonic() > deadline:
+                raise AssertionError("the console did not start:\n" + "".join(console.output))
+        # Keep draining its output so a chatty console never blocks on a full pipe.
+        threading.Thread(
+            target=lambda: console.output.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+            daemon=True,
+        ).start()
+        _wait_http(console.url + "/login")
+        return console
+
+    yield start
+    for console in consoles:
+        console.stop()
+
+
+def _wait_http(url: str, timeout: float = CONSOLE_START_TIMEOUT) -> None:
+    """Poll ``url`` until the server answers (uvicorn prints before it listens)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+#: Debian's Chromium (tools/test.sh installs it); Playwright never downloads a browser here.
+CHROMIUM = Path("/usr/bin/chromium")
+#: Flags for headless Chromium in a container: no sandbox (we run as root), no GPU, and
+#: nothing that phones home (updates, sync, background networking).
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+#: Where browser tests save screenshots for a reviewer (gitignored).
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Debian Chromium driven by Playwright (fails, never skips, when missing)."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run tools/test.sh, which installs chromium"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=list(CHROMIUM_ARGS)
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
