@@ -73,9 +73,7 @@ def reregister_dataset(db_path: Path, actor: Actor, name: str) -> DatasetRecord:
     # Inspect first: raises (and changes nothing) when the new content is not valid.
     inspect_dataset(old.path, old.data_type, old.target)
     registry.remove(old.name)
-    record = registry.add(
-        old.name, old.tags, old.path, old.data_type, old.target, old.description
-    )
+    record = registry.add(old.name, old.tags, old.path, old.data_type, old.target, old.description)
     AuditTrail(db_path).record(
         actor.source,
         actor.name,

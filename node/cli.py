@@ -396,13 +396,14 @@ def cmd_start(args: argparse.Namespace) -> int:
             "without operator approval. Use this only for local tests and demos.",
             home.node_id,
         )
-    if tls and tls.get("cert"):
+    cert = tls.get("cert") if tls else None
+    if cert is not None:
         from common.tls import read_node_id
 
-        cert_id = read_node_id(Path(tls["cert"]))
+        cert_id = read_node_id(Path(cert))
         if cert_id != home.node_id:
             raise ConfigurationError(
-                f"the certificate {tls['cert']} was issued to node {cert_id!r} but this home is "
+                f"the certificate {cert} was issued to node {cert_id!r} but this home is "
                 f"node {home.node_id!r}: use that node's certificate (`fedloom certs add-node "
                 f"--node {home.node_id}`) or a home created with `init --node-id {cert_id}`"
             )
@@ -523,8 +524,9 @@ def register(
         decide = plan_commands.add_parser(action, help=text)
         decide.add_argument("id", help="plan id (12 hex digits) or a longer hash prefix")
         decide.add_argument(
-            "--reason", default="", help="why (kept in the audit trail; a rejection's reason "
-            "is told to the researcher)"
+            "--reason",
+            default="",
+            help="why (kept in the audit trail; a rejection's reason is told to the researcher)",
         )
         decide.set_defaults(func=func)
 
@@ -549,7 +551,9 @@ def register(
 
     console = commands.add_parser("console", help="the operator's web console over this home")
     console.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only)",
     )
     console.add_argument("--port", type=int, default=8484, help="port (default: 8484)")
     console.add_argument(

@@ -94,9 +94,7 @@ def normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
                 field="tags",
             )
         if any(not ch.isprintable() for ch in tag):
-            raise DatasetError(
-                f"tag {tag!r} contains a control character: remove it", field="tags"
-            )
+            raise DatasetError(f"tag {tag!r} contains a control character: remove it", field="tags")
         if tag:
             seen.setdefault(tag, None)
     return tuple(seen)

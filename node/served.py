@@ -7,6 +7,7 @@ Losses and metrics are the node's local values for that round, as sent in the re
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -174,7 +175,7 @@ class ServedTasks:
 
     def list(
         self, experiment_id: str | None = None, *, after_seq: int = 0, limit: int = 1000
-    ) -> list[ServedTask]:
+    ) -> builtins.list[ServedTask]:
         """Tasks in the order they started, optionally of one experiment or after a row."""
         where = "WHERE seq > ?" + (" AND experiment_id = ?" if experiment_id else "")
         params: tuple[object, ...] = (after_seq, experiment_id) if experiment_id else (after_seq,)
@@ -193,7 +194,7 @@ class ServedTasks:
             ).fetchone()
         return f"{row['n']}:{row['done']}:{row['last']}"
 
-    def experiments(self) -> list[dict[str, object]]:
+    def experiments(self) -> builtins.list[dict[str, object]]:
         """One summary per experiment served, most recent first."""
         with connect_database(self.db_path) as conn:
             rows = conn.execute(

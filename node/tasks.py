@@ -140,7 +140,9 @@ class TaskHandler:
                 error_message=reply.error.message,
             )
         except FedloomError as exc:
-            log.error("task %s: cannot record its outcome in the node database: %s", task.task_id, exc)
+            log.error(
+                "task %s: cannot record its outcome in the node database: %s", task.task_id, exc
+            )
 
     # -- steps ---------------------------------------------------------------------------
     def _run(self, task: pb.TaskRequest, task_dir: Path) -> pb.TaskReply:

@@ -266,7 +266,7 @@ def start_console() -> Iterator[ConsoleFactory]:
             target=lambda: console.output.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
             daemon=True,
         ).start()
-        _wait_http(console.url + "/login")
+        _wait_listening(console.url)
         return console
 
     yield start
@@ -274,17 +274,13 @@ def start_console() -> Iterator[ConsoleFactory]:
         console.stop()
 
 
-def _wait_http(url: str, timeout: float = CONSOLE_START_TIMEOUT) -> None:
-    """Poll ``url`` until the server answers (uvicorn prints before it listens)."""
-    import urllib.error
-    import urllib.request
-
+def _wait_listening(url: str, timeout: float = CONSOLE_START_TIMEOUT) -> None:
+    """Wait until the console accepts connections (uvicorn prints its address before)."""
+    port = int(url.rsplit(":", 1)[1])
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except urllib.error.HTTPError:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
             return
         except OSError:
             if time.monotonic() > deadline:

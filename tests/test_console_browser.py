@@ -20,8 +20,14 @@ import pytest
 from common.errors import RoundFailedError
 from common.training_plans.source import plan_hash, plan_source
 from researcher.federated_workflows import Experiment
-from tests.conftest import ARTIFACTS, NODE_CONNECT_TIMEOUT, ROOT, fedloom_cmd, wait_for_nodes
-from tests.conftest import write_tabular_csv
+from tests.conftest import (
+    ARTIFACTS,
+    NODE_CONNECT_TIMEOUT,
+    ROOT,
+    fedloom_cmd,
+    wait_for_nodes,
+    write_tabular_csv,
+)
 from tests.plans import reviewed
 from tests.plans.faulty import AdamLogisticPlan
 from tests.plans.tabular import LogisticPlan, make_logistic_data
@@ -70,7 +76,9 @@ def test_operator_reviews_and_decides_plans_of_a_real_run_in_the_browser(
     tmp_path, start_node, start_console, browser
 ):
     x, y = make_logistic_data(seed=0, n=80)
-    node = start_node("clinic", datasets=[("tab", TAGS, write_tabular_csv(tmp_path / "a.csv", x, y), "y")])
+    node = start_node(
+        "clinic", datasets=[("tab", TAGS, write_tabular_csv(tmp_path / "a.csv", x, y), "y")]
+    )
     wait_for_nodes(1)
     console = start_console(node.home)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -101,7 +109,11 @@ def test_operator_reviews_and_decides_plans_of_a_real_run_in_the_browser(
     assert "PlanNotApproved" in _refused(_experiment(LogisticPlan))
     approved = subprocess.run(
         fedloom_cmd("node", "--home", str(node.home), "plan", "approve", _plan_id(LogisticPlan)),
-        capture_output=True, text=True, cwd=ROOT, timeout=NODE_CONNECT_TIMEOUT, check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=NODE_CONNECT_TIMEOUT,
+        check=False,
     )
     assert approved.returncode == 0, approved.stderr
 
@@ -168,7 +180,8 @@ def test_operator_reviews_and_decides_plans_of_a_real_run_in_the_browser(
     page.goto(f"{console.url}/logs?experiment={live.id}")
     assert page.locator("#log tbody tr").count() > 0
     assert all(
-        text == live.id for text in page.locator("#log tbody tr td:nth-child(3)").all_text_contents()
+        text == live.id
+        for text in page.locator("#log tbody tr td:nth-child(3)").all_text_contents()
     )
     _shot(page, "logs")
     page.goto(console.url + "/audit")
@@ -184,7 +197,11 @@ def test_operator_reviews_and_decides_plans_of_a_real_run_in_the_browser(
     plans = json.loads(
         subprocess.run(
             fedloom_cmd("node", "--home", str(node.home), "plan", "list", "--json"),
-            capture_output=True, text=True, cwd=ROOT, timeout=NODE_CONNECT_TIMEOUT, check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=NODE_CONNECT_TIMEOUT,
+            check=True,
         ).stdout
     )
     assert {p["id"]: p["status"] for p in plans}[bad_id] == "rejected"

@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # Set up a virtual environment and run every check: lint, format, the whole test suite
-# (unit and end-to-end federations), then the compose federation under podman, which
+# (unit, end-to-end federations, the node console in headless Chromium), then the compose federation under podman, which
 # prepares the host itself (root needed; tools/podman-host-setup.sh).
 # Usage: bash tools/test.sh [extra pytest args]   (FEDLOOM_SKIP_COMPOSE=1 skips the compose run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# constraints.txt pins torch to the CPU build served from local disk.
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+# constraints.txt pins torch to the CPU build served from local disk. The console extra is
+# tested too (its browser tests drive Debian's Chromium; Playwright never downloads one).
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,console]"
+if ! [ -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "tools/test.sh: the console's browser tests need Debian's chromium;" \
+            "run as root or install it: apt-get install chromium" >&2
+        exit 1
+    fi
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+fi
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 ruff format --check .

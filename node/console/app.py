@@ -6,8 +6,6 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -63,10 +61,12 @@ def create_app(home: NodeHome, *, secure_cookies: bool = False) -> Starlette:
         *experiments.routes,
         *logs.routes,
         *audit.routes,
-        Mount("/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static"),
+        Mount(
+            "/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static"
+        ),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(_SecurityHeaders)])
-    app.state.console = ConsoleState(home, SessionStore(home.db_path, secure_cookies=secure_cookies))
+    app.state.console = ConsoleState(
+        home, SessionStore(home.db_path, secure_cookies=secure_cookies)
+    )
     return app
-
-

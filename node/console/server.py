@@ -74,7 +74,9 @@ def serve_console(
         )
     scheme = "https" if tls else "http"
     shown = f"[{host}]" if ":" in host else host
-    sys.stdout.write(f"Node console for {home.name} ({home.node_id}) at {scheme}://{shown}:{port}/\n")
+    sys.stdout.write(
+        f"Node console for {home.name} ({home.node_id}) at {scheme}://{shown}:{port}/\n"
+    )
     sys.stdout.flush()
     app = create_app(home, secure_cookies=tls is not None)
     uvicorn.run(

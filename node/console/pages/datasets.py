@@ -11,9 +11,9 @@ from starlette.routing import Route
 
 from common.errors import DatasetError, FedloomError
 from node import actions
+from node.console.web import actor, form_of, login_required, render, state, text_field
 from node.datasets import DATA_TYPES, VerifyResult
 from node.registry import DatasetRecord, DatasetRegistry
-from node.console.web import actor, form_of, login_required, render, state, text_field
 
 __all__ = ["routes"]
 

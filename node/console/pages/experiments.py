@@ -46,9 +46,7 @@ def _rounds_html(request: Request, experiment_id: str) -> str:
 async def experiment_page(request: Request) -> Response:
     experiment_id = request.path_params["experiment_id"]
     rounds_html = await asyncio.to_thread(_rounds_html, request, experiment_id)
-    return render(
-        request, "experiment.html", experiment_id=experiment_id, rounds_html=rounds_html
-    )
+    return render(request, "experiment.html", experiment_id=experiment_id, rounds_html=rounds_html)
 
 
 @login_required

@@ -27,7 +27,7 @@ DIFF_CONTEXT = 3
 
 def highlighted(source: str) -> str:
     """The plan source as HTML with Pygments' classes and line numbers (styled in console.css)."""
-    return highlight(source, PythonLexer(), HtmlFormatter(linenos="table", cssclass="source"))
+    return str(highlight(source, PythonLexer(), HtmlFormatter(linenos="table", cssclass="source")))
 
 
 def unified_diff(old: PlanRecord, new: PlanRecord) -> list[tuple[str, str]]:
@@ -64,7 +64,9 @@ async def plans_page(request: Request) -> Response:
     return render(request, "plans.html", plans=records, notice=request.query_params.get("notice"))
 
 
-async def _plan_page(request: Request, status_code: int = 200, error: str | None = None) -> Response:
+async def _plan_page(
+    request: Request, status_code: int = 200, error: str | None = None
+) -> Response:
     registry = PlanRegistry(state(request).home.db_path)
     try:
         record = await asyncio.to_thread(registry.get, request.path_params["plan_id"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,7 +37,7 @@ def certificate_expiry(cert_path: str | None) -> str | None:
     return f"{expiry.isoformat(timespec='seconds')} ({left.days} days left)"
 
 
-def _gather(request: Request) -> dict[str, object]:
+def _gather(request: Request) -> dict[str, Any]:
     home = state(request).home
     daemon = StatusBoard(home.db_path).read()
     errors = [line for line in read_lines(home.logs_dir / "node.log") if line.level == "ERROR"]
