@@ -71,6 +71,8 @@ async def experiment_events(request: Request) -> Response:
 
 routes = [
     Route("/experiments", experiments_page, methods=["GET"]),
-    Route("/experiments/{experiment_id}", experiment_page, methods=["GET"]),
-    Route("/experiments/{experiment_id}/events", experiment_events, methods=["GET"]),
+    # Experiment ids come from researchers and may hold any character, "/" included; the
+    # events route goes first so that ".../events" is never read as an id.
+    Route("/experiments/{experiment_id:path}/events", experiment_events, methods=["GET"]),
+    Route("/experiments/{experiment_id:path}", experiment_page, methods=["GET"]),
 ]
