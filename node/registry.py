@@ -22,7 +22,7 @@ from typing import Any
 
 from common.errors import DatasetError
 from node.datasets import VerifyResult, inspect_dataset, verify
-from node.home import connect_database, utc_now
+from node.home import connect_database, create_tables, utc_now
 
 __all__ = ["DatasetRecord", "DatasetRegistry", "normalize_tags", "validate_name"]
 
@@ -140,11 +140,7 @@ class DatasetRegistry:
 
     def __init__(self, db_path: Path | str) -> None:
         self.db_path = Path(db_path)
-        with connect_database(self.db_path, write=True) as conn:
-            # One statement at a time: executescript would COMMIT our transaction first.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        create_tables(self.db_path, _SCHEMA)
 
     def add(
         self,

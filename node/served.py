@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from node.home import connect_database, utc_now
+from node.home import connect_database, create_tables, utc_now
 
 __all__ = ["ServedTask", "ServedTasks", "TaskState"]
 
@@ -102,10 +102,7 @@ class ServedTasks:
 
     def __init__(self, db_path: Path | str) -> None:
         self.db_path = Path(db_path)
-        with connect_database(self.db_path, write=True) as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        create_tables(self.db_path, _SCHEMA)
 
     def started(
         self,

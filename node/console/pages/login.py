@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from node.console.auth import CSRF_FIELD
+from node.console.auth import CSRF_FIELD, Session
 from node.console.web import render, state
 from node.console_password import check_password
 
@@ -17,6 +18,19 @@ __all__ = ["routes"]
 #: Seconds added to every failed login: with scrypt's own cost it keeps online guessing
 #: slow, and a 128-bit random secret is out of reach anyway.
 FAILED_LOGIN_DELAY = 1.0
+
+
+async def _posted(request: Request) -> tuple[Session | None, FormData]:
+    """The request's session if its form carries that session's CSRF token, and the form.
+
+    Login and logout run before (or without) ``login_required``, so they check it here.
+    """
+    session = state(request).sessions.current(request)
+    form = await request.form()
+    token = form.get(CSRF_FIELD)
+    if session is None or not session.csrf_ok(token if isinstance(token, str) else None):
+        return None, form
+    return session, form
 
 
 async def login_page(request: Request) -> Response:
@@ -32,10 +46,8 @@ async def login_page(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     console = state(request)
-    session = console.sessions.current(request)
-    form = await request.form()
-    token = form.get(CSRF_FIELD)
-    if session is None or not session.csrf_ok(token if isinstance(token, str) else None):
+    session, form = await _posted(request)
+    if session is None:
         return PlainTextResponse(
             "the login form expired or came from elsewhere: open /login again", status_code=403
         )
@@ -61,10 +73,8 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     console = state(request)
-    session = console.sessions.current(request)
-    form = await request.form()
-    token = form.get(CSRF_FIELD)
-    if session is not None and session.csrf_ok(token if isinstance(token, str) else None):
+    session, _ = await _posted(request)
+    if session is not None:
         console.sessions.end(session)
     return RedirectResponse("/login", status_code=303)
 
