@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 import subprocess
 
 import numpy as np
@@ -106,3 +107,21 @@ def test_the_audit_export_keeps_typed_text_out_of_spreadsheet_formulas(tmp_path)
     text = trail.to_csv()
     assert text.splitlines()[0] == "id,at,source,actor,action,subject,detail"
     assert "'=HYPERLINK" in text
+
+
+def test_the_list_rehashes_only_moved_files_and_verify_always_rehashes(
+    home, tmp_path, start_console
+):
+    console = start_console(home.path)
+    client = console_client(console.url)
+    client.login(console.password)
+    path = tmp_path / "a.csv"
+    assert "CHANGED" not in client.request("/datasets")[2]
+    before = path.stat()
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"0", b"1", 1))  # same size, other content
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert "CHANGED" not in client.request("/datasets")[2]  # nothing moved: cached state
+    status, _, page = client.request("/datasets/a/verify", {"csrf_token": client.csrf("/datasets")})
+    assert status == 200 and "a: CHANGED." in page
+    assert "CHANGED" in client.request("/datasets")[2]  # and the list now knows it

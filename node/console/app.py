@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from node.audit import AuditTrail
 from node.console.auth import SessionStore
+from node.console.hash_state import HashStates
 from node.console.pages import audit, datasets, experiments, login, logs, plans, status
 from node.console.web import ConsoleState
 from node.home import NodeHome
@@ -67,6 +68,8 @@ def create_app(home: NodeHome, *, secure_cookies: bool = False) -> Starlette:
     ]
     app = Starlette(routes=routes, middleware=[Middleware(_SecurityHeaders)])
     app.state.console = ConsoleState(
-        home, SessionStore(home.db_path, secure_cookies=secure_cookies)
+        home,
+        SessionStore(home.db_path, secure_cookies=secure_cookies),
+        HashStates(home.db_path),
     )
     return app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 import sys
 from pathlib import Path
 
@@ -16,7 +15,8 @@ from node.home import NodeHome
 
 __all__ = ["check_bind", "is_loopback", "serve_console"]
 
-log = logging.getLogger(__name__)
+#: Seconds open requests (event streams of live pages) get to finish when the console stops.
+SHUTDOWN_GRACE_SECONDS = 3
 
 
 def is_loopback(host: str) -> bool:
@@ -89,5 +89,8 @@ def serve_console(
         # The console may sit behind nothing but itself: never trust X-Forwarded-For.
         proxy_headers=False,
         server_header=False,
+        # Live pages keep event streams open; on Ctrl-C they are cut after this many seconds
+        # instead of holding the console until every browser tab is closed.
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
     return 0

@@ -15,6 +15,7 @@ from starlette.templating import Jinja2Templates
 
 from node.actions import Actor
 from node.console.auth import CSRF_FIELD, Session, SessionStore
+from node.console.hash_state import HashStates
 from node.home import NodeHome
 
 __all__ = ["ConsoleState", "Handler", "actor", "form_of", "login_required", "render", "state"]
@@ -26,10 +27,11 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 @dataclass
 class ConsoleState:
-    """Everything a page needs: the home it serves and the session store."""
+    """Everything a page needs: the home it serves, the session store, dataset checks."""
 
     home: NodeHome
     sessions: SessionStore
+    hash_states: HashStates
 
 
 def state(request: Request) -> ConsoleState:

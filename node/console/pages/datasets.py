@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -12,18 +11,13 @@ from starlette.routing import Route
 from common.errors import DatasetError, FedloomError
 from node import actions
 from node.console.web import actor, form_of, login_required, render, state, text_field
-from node.datasets import DATA_TYPES, VerifyResult
-from node.registry import DatasetRecord, DatasetRegistry
+from node.datasets import DATA_TYPES
+from node.registry import DatasetRegistry
 
 __all__ = ["routes"]
 
 #: Form fields of the add form; an error whose ``field`` is none of them shows at the path.
 ADD_FIELDS = ("name", "tags", "path", "type", "target", "description")
-
-
-def _verify_all(db_path: Path, records: list[DatasetRecord]) -> dict[str, VerifyResult]:
-    registry = DatasetRegistry(db_path)
-    return {record.name: registry.verify(record.name) for record in records}
 
 
 async def _page(
@@ -36,9 +30,9 @@ async def _page(
 ) -> Response:
     db_path = state(request).home.db_path
     records = await asyncio.to_thread(DatasetRegistry(db_path).list)
-    # Re-hashing on every view keeps the CHANGED flag honest: a dataset edited behind the
-    # node's back shows at once, as it would be refused at the next task.
-    checks = await asyncio.to_thread(_verify_all, db_path, records)
+    # A dataset edited behind the node's back shows CHANGED at once (its files moved), as
+    # it would be refused at the next task.
+    checks = await asyncio.to_thread(state(request).hash_states.check_all, records)
     return render(
         request,
         "datasets.html",
@@ -94,7 +88,8 @@ async def _dataset_action(request: Request, action: str) -> Response:
             )
             notice = f"Registered {name} again with its current content ({record.sha256[:12]})."
         else:
-            verdict = await asyncio.to_thread(DatasetRegistry(db_path).verify, name)
+            record = await asyncio.to_thread(DatasetRegistry(db_path).get, name)
+            verdict = await asyncio.to_thread(state(request).hash_states.check, record, force=True)
             notice = f"{name}: unchanged." if verdict.ok else f"{name}: CHANGED."
     except FedloomError as exc:
         return await _page(request, status_code=422, notice=f"error: {exc}")
