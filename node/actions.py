@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.audit import AuditTrail, Source
-from node.datasets import inspect_dataset
 from node.plans import PlanRecord, PlanRegistry
 from node.registry import DatasetRecord, DatasetRegistry
 
@@ -63,23 +62,16 @@ def remove_dataset(db_path: Path, actor: Actor, name: str) -> DatasetRecord:
 
 
 def reregister_dataset(db_path: Path, actor: Actor, name: str) -> DatasetRecord:
-    """Register a changed dataset again with the same name, tags, path, type and target.
-
-    The operator's way to accept new content after checking it. The new content is
-    inspected before the old row goes, so a now-invalid dataset keeps its registration.
-    """
+    """Accept a changed dataset's current content (``DatasetRegistry.reregister``) and audit it."""
     registry = DatasetRegistry(db_path)
-    old = registry.get(name)
-    # Inspect first: raises (and changes nothing) when the new content is not valid.
-    inspect_dataset(old.path, old.data_type, old.target)
-    registry.remove(old.name)
-    record = registry.add(old.name, old.tags, old.path, old.data_type, old.target, old.description)
+    old_sha256 = registry.get(name).sha256
+    record = registry.reregister(name)
     AuditTrail(db_path).record(
         actor.source,
         actor.name,
         "dataset.reregister",
         record.name,
-        f"sha256 {old.sha256} -> {record.sha256}",
+        f"sha256 {old_sha256} -> {record.sha256}",
     )
     return record
 

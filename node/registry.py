@@ -16,7 +16,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,50 @@ class DatasetRegistry:
                 conn.executemany(
                     "INSERT INTO dataset_files (dataset, relpath, sha256) VALUES (?, ?, ?)",
                     [(name, rel, digest) for rel, digest in found.files.items()],
+                )
+        return record
+
+    def reregister(self, name: str) -> DatasetRecord:
+        """Accept dataset ``name``'s current content: same tags, path, type and target, new hash.
+
+        The operator's step after checking a CHANGED dataset. Refused (nothing changed) when
+        the new content is not a valid dataset, or when another process re-registered or
+        removed it meanwhile.
+        """
+        old = self.get(name)
+        found = inspect_dataset(old.path, old.data_type, old.target)
+        record = replace(
+            old,
+            n_samples=found.n_samples,
+            shape=found.shape,
+            columns=found.columns,
+            sha256=found.sha256,
+            added_at=utc_now(),
+        )
+        with connect_database(self.db_path, write=True) as conn:
+            row = conn.execute("SELECT sha256 FROM datasets WHERE name = ?", (old.name,)).fetchone()
+            if row is None or row["sha256"] != old.sha256:
+                raise DatasetError(
+                    f"dataset {old.name!r} was re-registered or removed by another process "
+                    "meanwhile: look at it again before accepting its content"
+                )
+            conn.execute(
+                "UPDATE datasets SET n_samples = ?, shape = ?, columns = ?, sha256 = ?,"
+                " added_at = ? WHERE name = ?",
+                (
+                    record.n_samples,
+                    json.dumps(list(record.shape)),
+                    json.dumps(list(record.columns)),
+                    record.sha256,
+                    record.added_at,
+                    record.name,
+                ),
+            )
+            conn.execute("DELETE FROM dataset_files WHERE dataset = ?", (record.name,))
+            if found.files is not None:
+                conn.executemany(
+                    "INSERT INTO dataset_files (dataset, relpath, sha256) VALUES (?, ?, ?)",
+                    [(record.name, rel, digest) for rel, digest in found.files.items()],
                 )
         return record
 

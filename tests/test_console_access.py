@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -176,3 +177,28 @@ def test_on_a_network_address_with_tls_the_console_serves_https_with_secure_cook
     plain = console_client(console.url.replace("https://0.0.0.0", "http://127.0.0.1"))
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         plain.opener.open(plain.base + "/login", timeout=10)
+
+
+def test_without_the_console_extra_the_command_names_the_install(home):
+    # A finder that hides starlette, as on an installation without the `console` extra.
+    script = (
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'starlette':\n"
+        "            raise ModuleNotFoundError(name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from node.cli import main\n"
+        f"sys.exit(main(['node', '--home', {str(home.path)!r}, 'console']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "pip install 'fedloom[console]'" in done.stderr
+    assert "starlette" in done.stderr

@@ -10,7 +10,7 @@ from common.errors import ConfigurationError
 
 try:
     import jinja2  # noqa: F401
-    import multipart  # noqa: F401
+    import python_multipart  # noqa: F401
     import starlette  # noqa: F401
     import uvicorn  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the installation
