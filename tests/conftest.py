@@ -40,6 +40,13 @@ def fedloom_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "fedloom.cli", *args]
 
 
+def run_fedloom(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run `fedloom ARGS...` in a child process, as a user would; output captured as text."""
+    return subprocess.run(
+        fedloom_cmd(*args), capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False
+    )
+
+
 def write_tabular_csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
     """A CSV with columns x0..xN and target y (float targets kept as floats)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from node.audit import AuditTrail
 from node.home import NodeHome
 from node.plans import PlanRegistry
 from node.registry import DatasetRegistry
-from tests.conftest import ROOT, fedloom_cmd, free_port, write_tabular_csv
+from tests.conftest import ROOT, free_port, run_fedloom, write_tabular_csv
 from tests.console_client import console_client
 
 PLAN = "class HeartPlan:\n    pass\n"
@@ -118,14 +118,8 @@ def test_a_wrong_password_is_refused_and_a_reset_ends_open_sessions(home, start_
 
     client.login(console.password)
     assert client.request("/")[0] == 200
-    reset = subprocess.run(
-        fedloom_cmd("node", "--home", str(home.path), "console", "--reset-password"),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=True,
-    )
+    reset = run_fedloom("node", "--home", str(home.path), "console", "--reset-password")
+    assert reset.returncode == 0, reset.stderr
     new_secret = reset.stdout.split("password: ", 1)[1].split()[0]
     assert new_secret != console.password
     assert client.request("/")[0] == 303  # logged out by the reset
@@ -136,15 +130,8 @@ def test_a_wrong_password_is_refused_and_a_reset_ends_open_sessions(home, start_
 
 def test_the_console_refuses_to_listen_on_a_network_address_without_tls(home):
     port = free_port()
-    result = subprocess.run(
-        fedloom_cmd(
-            "node", "--home", str(home.path), "console", "--host", "0.0.0.0", "--port", str(port)
-        ),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
+    result = run_fedloom(
+        "node", "--home", str(home.path), "console", "--host", "0.0.0.0", "--port", str(port)
     )
     assert result.returncode == 2
     assert "refuses to listen on 0.0.0.0 without TLS" in result.stderr

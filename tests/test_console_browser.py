@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,7 @@ from researcher.federated_workflows import Experiment
 from tests.conftest import (
     ARTIFACTS,
     NODE_CONNECT_TIMEOUT,
-    ROOT,
-    fedloom_cmd,
+    run_fedloom,
     wait_for_nodes,
     write_tabular_csv,
 )
@@ -107,13 +105,14 @@ def test_operator_reviews_and_decides_plans_of_a_real_run_in_the_browser(
 
     # -- a real researcher's first plan, approved from the CLI ---------------------------
     assert "PlanNotApproved" in _refused(_experiment(LogisticPlan))
-    approved = subprocess.run(
-        fedloom_cmd("node", "--home", str(node.home), "plan", "approve", _plan_id(LogisticPlan)),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    approved = run_fedloom(
+        "node",
+        "--home",
+        str(node.home),
+        "plan",
+        "approve",
+        _plan_id(LogisticPlan),
         timeout=NODE_CONNECT_TIMEOUT,
-        check=False,
     )
     assert approved.returncode == 0, approved.stderr
 
@@ -195,13 +194,8 @@ def test_operator_reviews_and_decides_plans_of_a_real_run_in_the_browser(
     assert ("console", "plan.reject") in actions
     assert ("console", "dataset.add") in actions
     plans = json.loads(
-        subprocess.run(
-            fedloom_cmd("node", "--home", str(node.home), "plan", "list", "--json"),
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=NODE_CONNECT_TIMEOUT,
-            check=True,
+        run_fedloom(
+            "node", "--home", str(node.home), "plan", "list", "--json", timeout=NODE_CONNECT_TIMEOUT
         ).stdout
     )
     assert {p["id"]: p["status"] for p in plans}[bad_id] == "rejected"

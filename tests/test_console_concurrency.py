@@ -9,7 +9,6 @@ action is in the audit trail exactly once, and every round was served.
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import threading
 from collections import Counter
 
@@ -24,8 +23,7 @@ from node.served import ServedTasks
 from researcher.federated_workflows import Experiment
 from tests.conftest import (
     NODE_CONNECT_TIMEOUT,
-    ROOT,
-    fedloom_cmd,
+    run_fedloom,
     wait_for_nodes,
     write_tabular_csv,
 )
@@ -83,13 +81,8 @@ def test_cli_daemon_and_console_share_a_home_without_corruption(
                 ),
                 ("dataset", "remove", f"cli{i}"),
             ):
-                done = subprocess.run(
-                    fedloom_cmd("node", "--home", str(node.home), *args),
-                    capture_output=True,
-                    text=True,
-                    cwd=ROOT,
-                    timeout=NODE_CONNECT_TIMEOUT,
-                    check=False,
+                done = run_fedloom(
+                    "node", "--home", str(node.home), *args, timeout=NODE_CONNECT_TIMEOUT
                 )
                 if done.returncode != 0:
                     failures.append(f"cli {args}: {done.stderr}")

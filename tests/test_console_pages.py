@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from node.audit import AuditTrail
 from node.home import NodeHome
 from node.registry import DatasetRegistry
 from node.served import ServedTasks
-from tests.conftest import ROOT, fedloom_cmd, write_tabular_csv
+from tests.conftest import run_fedloom, write_tabular_csv
 from tests.console_client import console_client
 
 
@@ -26,14 +25,7 @@ def home(tmp_path) -> NodeHome:
 
 
 def _cli_error(home: NodeHome, *args: str) -> str:
-    done = subprocess.run(
-        fedloom_cmd("node", "--home", str(home.path), "dataset", "add", *args),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    done = run_fedloom("node", "--home", str(home.path), "dataset", "add", *args)
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, done.stderr
