@@ -36,7 +36,16 @@ class PayloadError(FedloomError):
 
 
 class DatasetError(FedloomError):
-    """A dataset cannot be registered, found or loaded."""
+    """A dataset cannot be registered, found or loaded.
+
+    ``field`` names the registration input the problem concerns (``name``, ``tags``,
+    ``path``, ``type`` or ``target``) when there is one, so a form can show the message
+    next to it; the message itself is the same wherever it is shown.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NodeHomeError(FedloomError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import getpass
 import json
 import logging
 import os
@@ -23,6 +24,9 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from common.errors import ConfigurationError, FedloomError
+from node import actions
+from node.actions import Actor
+from node.console_password import ensure_password, reset_password
 from node.datasets import DATA_TYPES
 from node.home import DEFAULT_HOME, HOME_ENV_VAR, NodeHome
 from node.plans import PlanRecord, PlanRegistry
@@ -80,6 +84,15 @@ def _split_tags(text: str) -> list[str]:
     return text.split(",")
 
 
+def _cli_actor() -> Actor:
+    """The operator as the audit trail records CLI actions: the local user name."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = f"uid {os.getuid()}"
+    return Actor("cli", user)
+
+
 # ------------------------------------------------------------------- init
 
 
@@ -102,6 +115,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     console.print(
         f"  node id: {home.node_id}\n  name:    {home.name}", markup=False, soft_wrap=True
     )
+    secret = ensure_password(home.db_path)
+    if secret is not None:
+        console.print(
+            f"  web console password: {secret}\n"
+            "  (shown only this once: keep it; `fedloom node console --reset-password` replaces it)",
+            markup=False,
+            soft_wrap=True,
+        )
     console.print(
         "Next: `fedloom node dataset add ...`, then `fedloom node start`.",
         markup=False,
@@ -157,9 +178,12 @@ def _dataset_details(record: DatasetRecord) -> Table:
 @_command
 def cmd_dataset_add(args: argparse.Namespace) -> int:
     """Register a dataset under tags."""
-    registry = DatasetRegistry(_home(args).db_path)
+    db_path = _home(args).db_path
+    registry = DatasetRegistry(db_path)
     tags = _split_tags(args.tags)
-    record = registry.add(
+    record = actions.add_dataset(
+        db_path,
+        _cli_actor(),
         args.name,
         tags,
         args.path,
@@ -220,7 +244,7 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
 @_command
 def cmd_dataset_remove(args: argparse.Namespace) -> int:
     """Unregister a dataset (its files stay where they are)."""
-    record = DatasetRegistry(_home(args).db_path).remove(args.name)
+    record = actions.remove_dataset(_home(args).db_path, _cli_actor(), args.name)
     _console().print(
         f"Removed dataset {record.name} from the registry; {record.path} was left untouched.",
         markup=False,
@@ -297,7 +321,8 @@ def cmd_plan_show(args: argparse.Namespace) -> int:
         f"plan {record.plan_id}  class {record.class_name}  status {record.status}\n"
         f"sha256 {record.sha256}\n"
         f"requested {record.requested_at} by {record.researcher}"
-        + (f", decided {record.decided_at}" if record.decided_at else ""),
+        + (f", decided {record.decided_at}" if record.decided_at else "")
+        + (f"\nreason: {record.reason}" if record.reason else ""),
         markup=False,
         soft_wrap=True,
     )
@@ -309,8 +334,8 @@ def cmd_plan_show(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace, approve: bool) -> int:
-    registry = PlanRegistry(_home(args).db_path)
-    record = registry.approve(args.id) if approve else registry.reject(args.id)
+    decide = actions.approve_plan if approve else actions.reject_plan
+    record = decide(_home(args).db_path, _cli_actor(), args.id, args.reason)
     _console().print(
         f"Plan {record.plan_id} ({record.class_name}) is now {record.status}.",
         markup=False,
@@ -372,7 +397,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             home.node_id,
         )
     cert = tls.get("cert") if tls else None
-    if cert:
+    if cert is not None:
         from common.tls import read_node_id
 
         cert_id = read_node_id(Path(cert))
@@ -394,6 +419,28 @@ def cmd_start(args: argparse.Namespace) -> int:
         task_timeout=args.task_timeout,
         max_memory_mb=args.max_memory_mb,
     )
+
+
+# ---------------------------------------------------------------- console
+
+
+@_command
+def cmd_console(args: argparse.Namespace) -> int:
+    """Serve the operator's web console until interrupted."""
+    home = _home(args)
+    if args.reset_password:
+        secret = reset_password(home.db_path)
+        _console().print(
+            f"New web console password: {secret}\n(shown only this once; sessions opened with "
+            "the old one end when the console restarts)",
+            markup=False,
+            soft_wrap=True,
+        )
+        return 0
+    # Imported here: the console's web dependencies are an optional extra.
+    from node.console.server import serve_console
+
+    return serve_console(home, host=args.host, port=args.port, cert=args.cert, key=args.key)
 
 
 # ----------------------------------------------------------------- parser
@@ -476,6 +523,11 @@ def register(
     ):
         decide = plan_commands.add_parser(action, help=text)
         decide.add_argument("id", help="plan id (12 hex digits) or a longer hash prefix")
+        decide.add_argument(
+            "--reason",
+            default="",
+            help="why (kept in the audit trail; a rejection's reason is told to the researcher)",
+        )
         decide.set_defaults(func=func)
 
     start = commands.add_parser("start", help="connect to the researcher and serve tasks")
@@ -496,6 +548,20 @@ def register(
         "--max-memory-mb", type=int, metavar="MB", help="memory limit of the training process"
     )
     start.set_defaults(func=cmd_start)
+
+    console = commands.add_parser("console", help="the operator's web console over this home")
+    console.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only)",
+    )
+    console.add_argument("--port", type=int, default=8484, help="port (default: 8484)")
+    console.add_argument(
+        "--reset-password", action="store_true", help="replace the login secret, show it, and exit"
+    )
+    console.add_argument("--cert", metavar="FILE", help="TLS certificate (needed off loopback)")
+    console.add_argument("--key", metavar="FILE", help="private key of --cert")
+    console.set_defaults(func=cmd_console)
     return node
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,12 @@ from common.grpc_options import channel_options
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 from node.executor import TaskExecutor
-from node.home import NodeHome
+from node.home import NodeHome, utc_now
 from node.registry import DatasetRegistry
+from node.status import DaemonStatus, StatusBoard
 from node.tasks import TaskHandler
 
-__all__ = ["EXIT_REFUSED", "NodeDaemon", "diagnose_connect_failure", "run_node"]
+__all__ = ["EXIT_REFUSED", "NODE_LOG_FORMAT", "NodeDaemon", "diagnose_connect_failure", "run_node"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class NodeDaemon:
         allow_unapproved: bool = False,
         task_timeout: float | None = None,
         max_memory_mb: int | None = None,
+        cert_path: str | None = None,
     ) -> None:
         self.home = home
         self.researcher = researcher
@@ -85,11 +89,41 @@ class NodeDaemon:
             send=self._send,
             stub=lambda: self._stub,
         )
+        self._handler.on_task_change = self._task_changed
+        self._board = StatusBoard(home.db_path)
+        self._status = DaemonStatus(
+            pid=os.getpid(),
+            started_at=utc_now(),
+            researcher_address=researcher,
+            tls=credentials is not None,
+            cert_path=cert_path,
+            containment="each task in its own process group, killed with the task; "
+            + (f"memory capped at {max_memory_mb} MB" if max_memory_mb else "no memory cap"),
+        )
+        self._status_lock = threading.Lock()
+
+    @property
+    def current_experiment(self) -> str | None:
+        """Experiment of the task running now, for log lines."""
+        return self._handler.current_experiment
+
+    def _publish(self, **changes: Any) -> None:
+        """Tell the console what changed; a failure to do so is logged, never fatal."""
+        with self._status_lock:
+            self._status = replace(self._status, **changes)
+            try:
+                self._board.publish(self._status)
+            except FedloomError as exc:
+                log.warning("cannot publish the node status for the console: %s", exc)
+
+    def _task_changed(self, task_id: str | None, experiment_id: str | None) -> None:
+        self._publish(current_task=task_id, current_experiment=experiment_id)
 
     # -- public ---------------------------------------------------------------------------
     def run(self) -> int:
         """Serve until stop(); reconnects with capped backoff after every cut."""
         self._executor.prepare()
+        self._publish()
         worker = threading.Thread(target=self._task_loop, name="tasks", daemon=True)
         worker.start()
         delay = RECONNECT_INITIAL_DELAY
@@ -111,6 +145,7 @@ class NodeDaemon:
         finally:
             self._tasks.put(None)
             self._executor.close()
+            self._publish(connected=False, stopped_at=utc_now())
         return code
 
     def stop(self) -> None:
@@ -194,6 +229,12 @@ class NodeDaemon:
                 )
                 with self._session_lock:
                     self._session = session
+                self._handler.researcher_id = first.welcome.researcher_id or self.researcher
+                self._publish(
+                    connected=True,
+                    researcher_id=self._handler.researcher_id,
+                    connected_since=utc_now(),
+                )
                 heart = threading.Thread(
                     target=self._heartbeat, args=(session,), name="heartbeat", daemon=True
                 )
@@ -213,6 +254,8 @@ class NodeDaemon:
                 with self._session_lock:
                     if self._session is session:
                         self._session = None
+                if self._status.connected:
+                    self._publish(connected=False, connected_since=None)
         return "lost"
 
     def _log_rpc_error(self, exc: grpc.RpcError) -> None:
@@ -344,10 +387,28 @@ def _channel_credentials(
     return node_channel_credentials(Path(tls["ca"]), Path(tls["cert"]), Path(tls["key"]))
 
 
-def _log_to_file(home: NodeHome) -> None:
+#: Format of logs/node.log; the console parses it (node.console.logs), keep the two in step.
+#: ``experiment`` is the experiment whose task runs when the line is written, ``-`` if none.
+NODE_LOG_FORMAT = "%(asctime)s %(levelname)s [%(experiment)s] %(name)s: %(message)s"
+
+
+class _ExperimentTag(logging.Filter):
+    """Adds the experiment of the running task to every record (tasks run one at a time)."""
+
+    def __init__(self, current: Callable[[], str | None]) -> None:
+        super().__init__()
+        self._current = current
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.experiment = self._current() or "-"
+        return True
+
+
+def _log_to_file(home: NodeHome, current_experiment: Callable[[], str | None]) -> None:
     home.logs_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(home.logs_dir / "node.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(NODE_LOG_FORMAT))
+    handler.addFilter(_ExperimentTag(current_experiment))
     logging.getLogger().addHandler(handler)
     if logging.getLogger().level > logging.INFO or logging.getLogger().level == logging.NOTSET:
         logging.getLogger().setLevel(logging.INFO)
@@ -364,7 +425,8 @@ def run_node(
     max_memory_mb: int | None = None,
 ) -> int:
     """Run the node until SIGINT/SIGTERM; returns the process exit code."""
-    _log_to_file(home)
+    running: list[NodeDaemon] = []
+    _log_to_file(home, lambda: running[0].current_experiment if running else None)
     try:
         credentials = _channel_credentials(tls, insecure)
     except FedloomError as exc:
@@ -377,7 +439,9 @@ def run_node(
         allow_unapproved=allow_unapproved,
         task_timeout=task_timeout,
         max_memory_mb=max_memory_mb,
+        cert_path=(tls or {}).get("cert"),
     )
+    running.append(daemon)
 
     def stop(signum: int, frame: object) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)

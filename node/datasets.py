@@ -175,30 +175,36 @@ def _tree_digest(files: Mapping[str, str]) -> str:
 def detect_type(path: Path, declared: str | None = None) -> str:
     """The dataset type of ``path``: from its extension (or being a folder), checked against ``declared``."""
     if declared is not None and declared not in DATA_TYPES:
-        raise DatasetError(f"unknown dataset type {declared!r}: use one of {', '.join(DATA_TYPES)}")
+        raise DatasetError(
+            f"unknown dataset type {declared!r}: use one of {', '.join(DATA_TYPES)}", field="type"
+        )
     if path.is_dir():
         if declared not in (None, "images"):
             raise DatasetError(
                 f"{path} is a folder but --type {declared} expects a file: pass the file's "
-                "path, or --type images for a folder of class sub-folders"
+                "path, or --type images for a folder of class sub-folders",
+                field="type",
             )
         return "images"
     if declared == "images":
         raise DatasetError(
-            f"{path} is a file but --type images expects a folder with one sub-folder per class"
+            f"{path} is a file but --type images expects a folder with one sub-folder per class",
+            field="type",
         )
     from_extension = EXTENSION_TYPES.get(path.suffix.lower())
     if declared is None:
         if from_extension is None:
             raise DatasetError(
                 f"cannot tell the type of {path} from its extension {path.suffix or '(none)'!r}: "
-                f"pass --type {'|'.join(DATA_TYPES)}"
+                f"pass --type {'|'.join(DATA_TYPES)}",
+                field="type",
             )
         return from_extension
     if from_extension is not None and from_extension != declared:
         raise DatasetError(
             f"{path} has the extension of a {from_extension} file but --type {declared} was "
-            f"given: drop --type, or pass --type {from_extension}"
+            f"given: drop --type, or pass --type {from_extension}",
+            field="type",
         )
     return declared
 
@@ -233,7 +239,9 @@ def inspect_dataset(
     absolute = _check_path(Path(path))
     kind = detect_type(absolute, data_type)
     if target is not None and not target.strip():
-        raise DatasetError("the target is empty: pass --target with a column name, or omit it")
+        raise DatasetError(
+            "the target is empty: pass --target with a column name, or omit it", field="target"
+        )
     logger.info("inspecting %s dataset %s", kind, absolute)
     if kind == "images":
         return _inspect_images(absolute, target)
@@ -260,7 +268,8 @@ def _missing_target(path: Path, target: str, available: tuple[str, ...], what: s
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return DatasetError(
         f"target {what} {target!r} not found in {path}{hint}; its {what}s are: "
-        f"{_listing(list(available))}"
+        f"{_listing(list(available))}",
+        field="target",
     )
 
 
@@ -343,7 +352,8 @@ def _inspect_npy(path: Path, target: str | None) -> tuple[int, tuple[int, ...], 
     if target is not None:
         raise DatasetError(
             f"{path} is a single .npy array, which has no target to name: drop --target, or "
-            "save features and target together with numpy.savez and register the .npz"
+            "save features and target together with numpy.savez and register the .npz",
+            field="target",
         )
     try:
         with open(path, "rb") as fh:
@@ -471,7 +481,8 @@ def _image_size(path: Path) -> tuple[int, int, int]:
 def _inspect_images(root: Path, target: str | None) -> DatasetInspection:
     if target is not None:
         raise DatasetError(
-            f"{root} is an image folder, whose labels are its class sub-folders: drop --target"
+            f"{root} is an image folder, whose labels are its class sub-folders: drop --target",
+            field="target",
         )
     relpaths = _tree_files(root)
     top_level = [rel for rel in relpaths if "/" not in rel]

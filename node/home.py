@@ -39,6 +39,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "NodeHome",
     "connect_database",
+    "create_tables",
     "utc_now",
 ]
 
@@ -155,6 +156,15 @@ def connect_database(db_path: Path | str, *, write: bool = False) -> Iterator[sq
         raise
     finally:
         conn.close()
+
+
+def create_tables(db_path: Path | str, schema: str) -> None:
+    """Run ``schema`` (``CREATE ... IF NOT EXISTS`` statements separated by ``;``) in one transaction."""
+    with connect_database(db_path, write=True) as conn:
+        # One statement at a time: executescript would COMMIT our transaction first.
+        for statement in schema.split(";"):
+            if statement.strip():
+                conn.execute(statement)
 
 
 class NodeHome:

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS plans (
     status       TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected')),
     researcher   TEXT NOT NULL,
     requested_at TEXT NOT NULL,
-    decided_at   TEXT
+    decided_at   TEXT,
+    reason       TEXT
 )
 """
 
@@ -68,6 +69,7 @@ class PlanRecord:
     researcher: str
     requested_at: str
     decided_at: str | None
+    reason: str | None = None
 
     @property
     def plan_id(self) -> str:
@@ -91,6 +93,7 @@ def _record(row: sqlite3.Row) -> PlanRecord:
         researcher=row["researcher"],
         requested_at=row["requested_at"],
         decided_at=row["decided_at"],
+        reason=row["reason"],
     )
 
 
@@ -101,6 +104,9 @@ class PlanRegistry:
         self.db_path = Path(db_path)
         with connect_database(self.db_path, write=True) as conn:
             conn.execute(_SCHEMA)
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(plans)")}
+            if "reason" not in columns:  # homes created before decisions carried a reason
+                conn.execute("ALTER TABLE plans ADD COLUMN reason TEXT")
 
     def status(self, sha256: str) -> PlanStatus | None:
         """Status of the plan with this full hash, ``None`` when the node never saw it."""
@@ -168,23 +174,39 @@ class PlanRegistry:
             )
         return record
 
-    def approve(self, id_or_hash_prefix: str) -> PlanRecord:
+    def approve(self, id_or_hash_prefix: str, reason: str = "") -> PlanRecord:
         """Allow a plan to run on this node; returns the updated record."""
-        return self._decide(id_or_hash_prefix, "approved")
+        return self._decide(id_or_hash_prefix, "approved", reason)
 
-    def reject(self, id_or_hash_prefix: str) -> PlanRecord:
-        """Forbid a plan on this node; returns the updated record."""
-        return self._decide(id_or_hash_prefix, "rejected")
+    def reject(self, id_or_hash_prefix: str, reason: str = "") -> PlanRecord:
+        """Forbid a plan on this node; ``reason`` is told to researchers whose tasks it refuses."""
+        return self._decide(id_or_hash_prefix, "rejected", reason)
 
-    def _decide(self, id_or_hash_prefix: str, status: PlanStatus) -> PlanRecord:
+    def _decide(self, id_or_hash_prefix: str, status: PlanStatus, reason: str) -> PlanRecord:
+        reason_text = reason.strip() or None
         with connect_database(self.db_path, write=True) as conn:
             record = self._find(conn, id_or_hash_prefix)
             decided_at = utc_now()
             conn.execute(
-                "UPDATE plans SET status = ?, decided_at = ? WHERE sha256 = ?",
-                (status, decided_at, record.sha256),
+                "UPDATE plans SET status = ?, decided_at = ?, reason = ? WHERE sha256 = ?",
+                (status, decided_at, reason_text, record.sha256),
             )
-        return PlanRecord(**{**asdict(record), "status": status, "decided_at": decided_at})
+        return PlanRecord(
+            **{**asdict(record), "status": status, "decided_at": decided_at, "reason": reason_text}
+        )
+
+    def last_approved(self, plan: PlanRecord) -> PlanRecord | None:
+        """The most recently approved other plan with ``plan``'s class name and researcher.
+
+        What an operator compares a new plan against: usually the previous version of it.
+        """
+        with connect_database(self.db_path) as conn:
+            row = conn.execute(
+                "SELECT * FROM plans WHERE status = 'approved' AND class_name = ? AND researcher = ?"
+                " AND sha256 != ? ORDER BY decided_at DESC, rowid DESC LIMIT 1",
+                (plan.class_name, plan.researcher, plan.sha256),
+            ).fetchone()
+        return None if row is None else _record(row)
 
     def get(self, id_or_hash_prefix: str) -> PlanRecord:
         """The plan whose hash starts with this id or prefix (``PlanError`` if none or several)."""

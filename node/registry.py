@@ -16,13 +16,13 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from common.errors import DatasetError
 from node.datasets import VerifyResult, inspect_dataset, verify
-from node.home import connect_database, utc_now
+from node.home import connect_database, create_tables, utc_now
 
 __all__ = ["DatasetRecord", "DatasetRegistry", "normalize_tags", "validate_name"]
 
@@ -90,10 +90,11 @@ def normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
         tag = raw.strip()
         if "," in tag:
             raise DatasetError(
-                f"tag {tag!r} contains a comma: commas separate tags, pass it as two"
+                f"tag {tag!r} contains a comma: commas separate tags, pass it as two",
+                field="tags",
             )
         if any(not ch.isprintable() for ch in tag):
-            raise DatasetError(f"tag {tag!r} contains a control character: remove it")
+            raise DatasetError(f"tag {tag!r} contains a control character: remove it", field="tags")
         if tag:
             seen.setdefault(tag, None)
     return tuple(seen)
@@ -105,7 +106,8 @@ def validate_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(stripped):
         raise DatasetError(
             f"invalid dataset name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            "starting with a letter or digit",
+            field="name",
         )
     return stripped
 
@@ -138,11 +140,7 @@ class DatasetRegistry:
 
     def __init__(self, db_path: Path | str) -> None:
         self.db_path = Path(db_path)
-        with connect_database(self.db_path, write=True) as conn:
-            # One statement at a time: executescript would COMMIT our transaction first.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        create_tables(self.db_path, _SCHEMA)
 
     def add(
         self,
@@ -158,7 +156,8 @@ class DatasetRegistry:
         clean_tags = normalize_tags(tags)
         if not clean_tags:
             raise DatasetError(
-                f"dataset {name!r} needs at least one tag: researchers find data by tags"
+                f"dataset {name!r} needs at least one tag: researchers find data by tags",
+                field="tags",
             )
         self._refuse_taken(name)
         # Inspection reads the whole dataset (hash): done before the write transaction so
@@ -209,10 +208,55 @@ class DatasetRegistry:
                 )
         return record
 
+    def reregister(self, name: str) -> DatasetRecord:
+        """Accept dataset ``name``'s current content: same tags, path, type and target, new hash.
+
+        The operator's step after checking a CHANGED dataset. Refused (nothing changed) when
+        the new content is not a valid dataset, or when another process re-registered or
+        removed it meanwhile.
+        """
+        old = self.get(name)
+        found = inspect_dataset(old.path, old.data_type, old.target)
+        record = replace(
+            old,
+            n_samples=found.n_samples,
+            shape=found.shape,
+            columns=found.columns,
+            sha256=found.sha256,
+            added_at=utc_now(),
+        )
+        with connect_database(self.db_path, write=True) as conn:
+            row = conn.execute("SELECT sha256 FROM datasets WHERE name = ?", (old.name,)).fetchone()
+            if row is None or row["sha256"] != old.sha256:
+                raise DatasetError(
+                    f"dataset {old.name!r} was re-registered or removed by another process "
+                    "meanwhile: look at it again before accepting its content"
+                )
+            conn.execute(
+                "UPDATE datasets SET n_samples = ?, shape = ?, columns = ?, sha256 = ?,"
+                " added_at = ? WHERE name = ?",
+                (
+                    record.n_samples,
+                    json.dumps(list(record.shape)),
+                    json.dumps(list(record.columns)),
+                    record.sha256,
+                    record.added_at,
+                    record.name,
+                ),
+            )
+            conn.execute("DELETE FROM dataset_files WHERE dataset = ?", (record.name,))
+            if found.files is not None:
+                conn.executemany(
+                    "INSERT INTO dataset_files (dataset, relpath, sha256) VALUES (?, ?, ?)",
+                    [(record.name, rel, digest) for rel, digest in found.files.items()],
+                )
+        return record
+
     def _taken(self, name: str) -> DatasetError:
         return DatasetError(
             f"a dataset named {name!r} is already registered: choose another name, or remove "
-            f"it first with `fedloom node dataset remove {name}`"
+            f"it first with `fedloom node dataset remove {name}`",
+            field="name",
         )
 
     def _refuse_taken(self, name: str) -> None:

@@ -22,6 +22,7 @@ from node.executor import TaskExecutor
 from node.home import NodeHome
 from node.plans import PlanRegistry
 from node.registry import DatasetRegistry
+from node.served import ServedTasks
 from node.transfer import download_payload, upload_payload
 
 __all__ = ["TaskHandler"]
@@ -65,11 +66,21 @@ class TaskHandler:
         self._send = send
         self._stub = stub
         self.current_task: str | None = None
+        self.current_experiment: str | None = None
+        #: Id of the researcher the daemon is connected to (from its Welcome); recorded with
+        #: the plans it asks for and the tasks served, so the operator knows who asked.
+        self.researcher_id = "researcher"
+        #: Called with (task id, experiment id) when a task starts and (None, None) when it ends.
+        self.on_task_change: Callable[[str | None, str | None], None] = lambda task, exp: None
         self._sessions: dict[str, pb.SecaggContext] = {}
+        self._served = ServedTasks(home.db_path)
 
     def handle(self, task: pb.TaskRequest) -> None:
         """Run a task and send its reply; never raises."""
         self.current_task = task.task_id
+        self.current_experiment = task.experiment_id
+        self._record_start(task)
+        started = time.monotonic()
         task_dir = self.home.path / "tasks" / uuid.uuid4().hex[:12]
         task_dir.mkdir(parents=True)
         try:
@@ -88,10 +99,49 @@ class TaskHandler:
             reply = _error_reply(task, type(exc).__name__, f"node-side error: {exc}")
         finally:
             shutil.rmtree(task_dir, ignore_errors=True)
-            self.current_task = None
+        self._record_end(task, reply, time.monotonic() - started)
+        self.current_task = None
+        self.current_experiment = None
+        self.on_task_change(None, None)
         if not self._send(pb.NodeMessage(reply=reply)):
             log.warning(
                 "task %s finished but the researcher is not connected; reply dropped", task.task_id
+            )
+
+    def _record_start(self, task: pb.TaskRequest) -> None:
+        kind = task.WhichOneof("kind") or ""
+        plan = task.train.plan if kind == "train" else None
+        try:
+            self._served.started(
+                task.task_id,
+                task.experiment_id,
+                task.round,
+                kind,
+                self.researcher_id,
+                plan_id=plan.sha256[:12] if plan else "",
+                plan_class=plan.class_name if plan else "",
+                dataset=task.train.dataset_name if plan else "",
+            )
+        except FedloomError as exc:  # bookkeeping must never cost the researcher a round
+            log.error("task %s: cannot record it in the node database: %s", task.task_id, exc)
+        self.on_task_change(task.task_id, task.experiment_id)
+
+    def _record_end(self, task: pb.TaskRequest, reply: pb.TaskReply, seconds: float) -> None:
+        try:
+            self._served.finished(
+                task.task_id,
+                seconds=seconds,
+                ok=reply.ok,
+                n_samples=reply.n_samples if reply.ok else None,
+                n_steps=reply.n_steps if reply.ok else None,
+                losses=tuple(reply.losses),
+                metrics=dict(reply.metrics),
+                error_kind=reply.error.kind,
+                error_message=reply.error.message,
+            )
+        except FedloomError as exc:
+            log.error(
+                "task %s: cannot record its outcome in the node database: %s", task.task_id, exc
             )
 
     # -- steps ---------------------------------------------------------------------------
@@ -257,7 +307,7 @@ class TaskHandler:
             if not plan.source:
                 raise TaskRefused("UnknownPlan", plan.sha256)
             registry.record_request(
-                plan.sha256, plan.class_name, plan.source, researcher="researcher"
+                plan.sha256, plan.class_name, plan.source, researcher=self.researcher_id
             )
             status = registry.status(plan.sha256)
         record = registry.get(plan.sha256)
@@ -270,10 +320,11 @@ class TaskHandler:
                     plan.class_name,
                 )
             elif status == "rejected":
+                why = f" (reason: {record.reason})" if record.reason else ""
                 raise TaskRefused(
                     "PlanRejected",
                     f"training plan {plan_id} ({plan.class_name}) was rejected by the operator of node "
-                    f"{self.home.name}; send a different plan or ask them to run "
+                    f"{self.home.name}{why}; send a different plan or ask them to run "
                     f"`fedloom node --home {self.home.path} plan approve {plan_id}`",
                 )
             else:

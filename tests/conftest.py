@@ -7,11 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -37,6 +38,13 @@ def free_port() -> int:
 def fedloom_cmd(*args: str) -> list[str]:
     """The fedloom command line, run with this interpreter."""
     return [sys.executable, "-m", "fedloom.cli", *args]
+
+
+def run_fedloom(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run `fedloom ARGS...` in a child process, as a user would; output captured as text."""
+    return subprocess.run(
+        fedloom_cmd(*args), capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False
+    )
 
 
 def write_tabular_csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
@@ -76,12 +84,18 @@ class NodeProcess:
             self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process_group(self.proc)
+
+
+def stop_process_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM a process started with `start_new_session=True` and its group; SIGKILL after 10 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -199,3 +213,117 @@ def wait_for_nodes(count: int, timeout: float = NODE_CONNECT_TIMEOUT) -> None:
         raise AssertionError(
             f"only {len(server.directory.connected())} of {count} nodes connected in {timeout} s"
         )
+
+
+@dataclass
+class ConsoleProcess:
+    """A `fedloom node console` process: its URL, login secret and output."""
+
+    home: Path
+    url: str
+    password: str
+    proc: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        stop_process_group(self.proc)
+
+
+ConsoleFactory = Callable[..., ConsoleProcess]
+
+#: Seconds a console may take to print its address (imports on a loaded 2-core box).
+CONSOLE_START_TIMEOUT = 60.0
+
+
+@pytest.fixture
+def start_console() -> Iterator[ConsoleFactory]:
+    """Start `fedloom node --home HOME console` on a free port; returns its URL and secret.
+
+    The home must not have a console secret yet, so that the first start prints it.
+    """
+    consoles: list[ConsoleProcess] = []
+
+    def start(home: Path, *extra_args: str) -> ConsoleProcess:
+        port = free_port()
+        proc = subprocess.Popen(
+            fedloom_cmd("node", "--home", str(home), "console", "--port", str(port), *extra_args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+        console = ConsoleProcess(home, "", "", proc)
+        consoles.append(console)
+        deadline = time.monotonic() + CONSOLE_START_TIMEOUT
+        assert proc.stdout is not None
+        while not console.url:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError("the console exited early:\n" + "".join(console.output))
+            console.output.append(line)
+            if "console password" in line:
+                console.password = line.rsplit(": ", 1)[1].strip()
+            if line.startswith("Node console for"):
+                console.url = line.rsplit(" at ", 1)[1].strip().rstrip("/")
+            if time.monotonic() > deadline:
+                raise AssertionError("the console did not start:\n" + "".join(console.output))
+        # Keep draining its output so a chatty console never blocks on a full pipe.
+        threading.Thread(
+            target=lambda: console.output.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+            daemon=True,
+        ).start()
+        _wait_listening(console.url)
+        return console
+
+    yield start
+    for console in consoles:
+        console.stop()
+
+
+def _wait_listening(url: str, timeout: float = CONSOLE_START_TIMEOUT) -> None:
+    """Wait until the console accepts connections (uvicorn prints its address before)."""
+    port = int(url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+#: Debian's Chromium (tools/test.sh installs it); Playwright never downloads a browser here.
+CHROMIUM = Path("/usr/bin/chromium")
+#: Flags for headless Chromium in a container: no sandbox (we run as root), no GPU, and
+#: nothing that phones home (updates, sync, background networking).
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+#: Where browser tests save screenshots for a reviewer (gitignored).
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Debian Chromium driven by Playwright (fails, never skips, when missing)."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run tools/test.sh, which installs chromium"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=list(CHROMIUM_ARGS)
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -554,3 +555,44 @@ def test_start_refuses_inconsistent_options_before_starting(
 def test_node_without_a_sub_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "node")
     assert code == 2 and "usage:" in err
+
+
+# ------------------------------------------------------------------ audit
+
+
+def test_cli_actions_are_in_the_audit_trail_with_the_user_and_the_reason(
+    home: Path, csv_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.audit import AuditTrail
+
+    add_heart(capsys, home, csv_file)
+    plan_id = request_plan(home)
+    code, out, err = run(capsys, *node(home, "plan", "reject", plan_id, "--reason", "uses Adam"))
+    assert code == 0, err
+    code, out, _ = run(capsys, *node(home, "plan", "show", plan_id))
+    assert "reason: uses Adam" in out
+    assert run(capsys, *node(home, "dataset", "remove", "heart"))[0] == 0
+
+    entries = AuditTrail(home / "node.db").list()
+    assert [(e.source, e.action, e.subject) for e in reversed(entries)] == [
+        ("cli", "dataset.add", "heart"),
+        ("cli", "plan.reject", plan_id),
+        ("cli", "dataset.remove", "heart"),
+    ]
+    assert {e.actor for e in entries} == {getpass.getuser()}
+    assert "reason: uses Adam" in entries[1].detail
+
+
+def test_init_shows_the_console_password_once_and_stores_only_its_hash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.console_password import check_password
+
+    path = tmp_path / "fresh"
+    code, out, _ = run(capsys, "node", "--home", str(path), "init")
+    assert code == 0
+    secret = re.search(r"web console password: (\S+)", out)
+    assert secret, out
+    assert check_password(path / "node.db", secret.group(1))
+    assert not check_password(path / "node.db", secret.group(1) + "x")
+    assert secret.group(1).encode() not in (path / "node.db").read_bytes()
