@@ -3,6 +3,10 @@
 A payload is encoded once into a contiguous buffer (in memory or in a file), streamed as
 bounded `PayloadChunk`s, and reassembled by `PayloadAssembler` into a buffer preallocated
 from the manifest. Decoding yields numpy views over that buffer: no pickle, no copies.
+
+Each array belongs to a section of the manifest (`pb.PayloadSection`: parameters, aux-var
+arrays, SecAgg-masked sums); names are unique within a section. A single-purpose payload
+(a file, a dropout correction) keeps every array in the unspecified section.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -27,15 +31,27 @@ from common.errors import PayloadError
 from common.proto import fedloom_pb2 as pb
 
 __all__ = [
+    "UNSPECIFIED",
     "EncodedPayload",
     "PayloadAssembler",
+    "Section",
+    "Sections",
     "decode_arrays",
+    "decode_sections",
     "encode_arrays",
+    "encode_sections",
     "iter_chunks",
     "max_payload_bytes",
     "read_payload_file",
     "write_payload_file",
+    "write_sections_file",
 ]
+
+#: A manifest section (`pb.PAYLOAD_SECTION_*`).
+Section: TypeAlias = "pb.PayloadSection.ValueType"
+#: Arrays by section, then by name.
+Sections = Mapping[Section, Mapping[str, np.ndarray]]
+UNSPECIFIED: Section = pb.PAYLOAD_SECTION_UNSPECIFIED
 
 #: dtypes allowed on the wire: plain numbers only (object or void dtypes could smuggle code paths).
 _ALLOWED_KINDS = frozenset("biuf")
@@ -60,25 +76,33 @@ def _align(offset: int) -> int:
     return (offset + ARRAY_ALIGNMENT - 1) // ARRAY_ALIGNMENT * ARRAY_ALIGNMENT
 
 
-def build_manifest(arrays: Mapping[str, np.ndarray]) -> pb.PayloadManifest:
-    """Lay out arrays in one buffer, each aligned, and describe them."""
+def build_manifest(sections: Sections) -> pb.PayloadManifest:
+    """Lay out every section's arrays in one buffer, each aligned, and describe them."""
     manifest = pb.PayloadManifest()
     offset = 0
-    for name, array in arrays.items():
-        dtype = _wire_dtype(np.asarray(array))
-        offset = _align(offset)
-        nbytes = int(array.size) * dtype.itemsize
-        manifest.arrays.add(
-            name=name, dtype=dtype.str, shape=list(array.shape), offset=offset, nbytes=nbytes
-        )
-        offset += nbytes
+    for section, arrays in sections.items():
+        if section not in pb.PayloadSection.values():
+            raise PayloadError(f"unknown payload section {section}")
+        for name, array in arrays.items():
+            dtype = _wire_dtype(np.asarray(array))
+            offset = _align(offset)
+            nbytes = int(np.asarray(array).size) * dtype.itemsize
+            manifest.arrays.add(
+                name=name,
+                dtype=dtype.str,
+                shape=list(np.shape(array)),
+                offset=offset,
+                nbytes=nbytes,
+                section=section,
+            )
+            offset += nbytes
     manifest.total_bytes = offset
     return manifest
 
 
-def _fill(buffer: Any, manifest: pb.PayloadManifest, arrays: Mapping[str, np.ndarray]) -> None:
+def _fill(buffer: Any, manifest: pb.PayloadManifest, sections: Sections) -> None:
     for spec in manifest.arrays:
-        src = np.asarray(arrays[spec.name])
+        src = np.asarray(sections[spec.section][spec.name])
         dst = np.frombuffer(buffer, dtype=np.dtype(spec.dtype), count=src.size, offset=spec.offset)
         np.copyto(dst.reshape(src.shape), src, casting="no" if src.dtype.isnative else "equiv")
 
@@ -94,28 +118,52 @@ class EncodedPayload:
     def nbytes(self) -> int:
         return int(self.manifest.total_bytes)
 
+    def sections(self) -> dict[Section, dict[str, np.ndarray]]:
+        """Numpy views over the buffer (no copy), by section then name."""
+        return decode_sections(self.manifest, self.buffer)
+
     def arrays(self) -> dict[str, np.ndarray]:
-        """Numpy views over the buffer (no copy)."""
+        """The arrays of a single-purpose payload (all in the unspecified section)."""
         return decode_arrays(self.manifest, self.buffer)
 
 
-def encode_arrays(arrays: Mapping[str, np.ndarray]) -> EncodedPayload:
-    """Copy arrays once into a fresh contiguous buffer."""
-    manifest = build_manifest(arrays)
+def encode_sections(sections: Sections) -> EncodedPayload:
+    """Copy every section's arrays once into a fresh contiguous buffer."""
+    manifest = build_manifest(sections)
     buffer = bytearray(manifest.total_bytes)
-    _fill(buffer, manifest, arrays)
+    _fill(buffer, manifest, sections)
     return EncodedPayload(manifest, buffer)
 
 
+def encode_arrays(arrays: Mapping[str, np.ndarray]) -> EncodedPayload:
+    """A single-purpose payload: every array in the unspecified section."""
+    return encode_sections({UNSPECIFIED: arrays})
+
+
 def decode_arrays(manifest: pb.PayloadManifest, buffer: Any) -> dict[str, np.ndarray]:
-    """Return numpy views over `buffer`, checking every spec against it first."""
+    """The arrays of a single-purpose payload; PayloadError if it has other sections."""
+    sections = decode_sections(manifest, buffer)
+    others = sorted(pb.PayloadSection.Name(s) for s in sections if s != UNSPECIFIED)
+    if others:
+        raise PayloadError(
+            f"the payload has sections {others}: read it with sections(), not arrays()"
+        )
+    return sections.get(UNSPECIFIED, {})
+
+
+def decode_sections(
+    manifest: pb.PayloadManifest, buffer: Any
+) -> dict[Section, dict[str, np.ndarray]]:
+    """Return numpy views over `buffer` by section, checking every spec against it first."""
     size = len(memoryview(buffer).cast("B")) if not isinstance(buffer, mmap.mmap) else len(buffer)
     if size < manifest.total_bytes:
         raise PayloadError(
             f"truncated payload: {size} bytes received, manifest announces {manifest.total_bytes}"
         )
-    out: dict[str, np.ndarray] = {}
+    out: dict[Section, dict[str, np.ndarray]] = {}
     for spec in manifest.arrays:
+        if spec.section not in pb.PayloadSection.values():
+            raise PayloadError(f"array {spec.name!r} is in an unknown section {spec.section}")
         try:
             dtype = np.dtype(spec.dtype)
         except TypeError as exc:
@@ -131,10 +179,11 @@ def decode_arrays(manifest: pb.PayloadManifest, buffer: Any) -> dict[str, np.nda
             )
         if spec.offset + spec.nbytes > manifest.total_bytes:
             raise PayloadError(f"array {spec.name!r} runs past the end of the payload")
-        if spec.name in out:
-            raise PayloadError(f"array {spec.name!r} appears twice in the payload")
+        section = out.setdefault(spec.section, {})
+        if spec.name in section:
+            raise PayloadError(f"array {spec.name!r} appears twice in its payload section")
         view = np.frombuffer(buffer, dtype=dtype, count=count, offset=spec.offset)
-        out[spec.name] = view.reshape(tuple(spec.shape))
+        section[spec.name] = view.reshape(tuple(spec.shape))
     return out
 
 
@@ -238,7 +287,7 @@ class PayloadAssembler:
                 f"truncated payload {self.payload_id!r}: received {self.received} of "
                 f"{self.manifest.total_bytes} bytes"
             )
-        decode_arrays(self.manifest, self._buffer)  # validate specs before anyone uses them
+        decode_sections(self.manifest, self._buffer)  # validate specs before anyone uses them
         if self._file is not None:
             self.close()
             assert self._path is not None
@@ -264,8 +313,13 @@ def _write_header(fh: Any, manifest: pb.PayloadManifest) -> None:
 
 
 def write_payload_file(path: Path, arrays: Mapping[str, np.ndarray]) -> pb.PayloadManifest:
-    """Write arrays as a payload file: header, manifest, then the aligned raw buffer."""
-    manifest = build_manifest(arrays)
+    """Write a single-purpose payload file (every array in the unspecified section)."""
+    return write_sections_file(path, {UNSPECIFIED: arrays})
+
+
+def write_sections_file(path: Path, sections: Sections) -> pb.PayloadManifest:
+    """Write a payload file: header, manifest, then the aligned raw buffer."""
+    manifest = build_manifest(sections)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w+b") as fh:
         _write_header(fh, manifest)
@@ -274,7 +328,7 @@ def write_payload_file(path: Path, arrays: Mapping[str, np.ndarray]) -> pb.Paylo
         if manifest.total_bytes:
             with mmap.mmap(fh.fileno(), start + manifest.total_bytes) as mapped:
                 view = memoryview(mapped)[start:]
-                _fill(view, manifest, arrays)
+                _fill(view, manifest, sections)
                 view.release()
     os.replace(tmp, path)
     return manifest

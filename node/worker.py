@@ -144,7 +144,7 @@ def _return_tensor(tensor: Any, *args: Any, **kwargs: Any) -> Any:
 def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one train task described by `spec`; returns the result dict (also on plan errors)."""
     from common.optimizers.aux_codec import decode_aux_vars, encode_aux_vars
-    from common.payload import read_payload_file, write_payload_file
+    from common.payload import read_payload_file, write_sections_file
     from common.proto import fedloom_pb2 as pb
     from common.training_args import TrainingArgs
 
@@ -157,8 +157,8 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
         # Every floating tensor of the model is overwritten by the global parameters just
         # below, so drawing random initial weights would be wasted work (0.1 s per 10M).
         plan.post_init(json.loads(spec["model_args_json"] or "{}"), training_args)
-    arrays = read_payload_file(Path(spec["global_payload_path"])).arrays()
-    plan.set_parameters({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+    sections = read_payload_file(Path(spec["global_payload_path"])).sections()
+    plan.set_parameters(sections.get(pb.PAYLOAD_SECTION_PARAMS, {}))
     optimizer = plan.training_optimizer()
     state_dir = Path(spec["state_dir"])
     saved = _read_state(state_dir, int(spec["round"]))
@@ -167,19 +167,22 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     aux_in = pb.AuxVars()
     aux_in.ParseFromString(Path(spec["aux_path"]).read_bytes())
     if aux_in.items:
-        optimizer.process_aux_var(decode_aux_vars(aux_in, arrays, plan.vector_kind))
+        aux_arrays = sections.get(pb.PAYLOAD_SECTION_AUX, {})
+        optimizer.process_aux_var(decode_aux_vars(aux_in, aux_arrays, plan.vector_kind))
     result = plan.run_local_training(optimizer)
     aux = optimizer.collect_aux_var()
     if spec.get("secagg"):
-        out_arrays, aux_out = _protected_reply(
+        out_sections, aux_out = _protected_reply(
             spec["secagg"], plan.get_parameters(), result.n_samples, aux
         )
     else:
-        aux_out, aux_arrays = encode_aux_vars(aux, prefix="aux")
-        out_arrays = {"param/" + k: v for k, v in plan.get_parameters().items()}
-        out_arrays.update(aux_arrays)
+        aux_out, aux_out_arrays = encode_aux_vars(aux, prefix="aux")
+        out_sections = {
+            pb.PAYLOAD_SECTION_PARAMS: plan.get_parameters(),
+            pb.PAYLOAD_SECTION_AUX: aux_out_arrays,
+        }
     _write_state(state_dir, int(spec["round"]), *optimizer.export_state())
-    write_payload_file(Path(spec["reply_payload_path"]), out_arrays)
+    write_sections_file(Path(spec["reply_payload_path"]), out_sections)
     Path(spec["aux_out_path"]).write_bytes(aux_out.SerializeToString())
     log.info(
         "trained %d step(s) on %d samples in %.2f s, last loss %s",
@@ -200,7 +203,7 @@ def run_task(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _protected_reply(
     secagg: dict[str, Any], params: dict[str, np.ndarray], n_samples: int, aux: dict[str, Any]
-) -> tuple[dict[str, np.ndarray], Any]:
+) -> tuple[Any, Any]:
     """Mask the reply for secure aggregation with this node's keys (see common.secagg.protect)."""
     from common.proto import fedloom_pb2 as pb
     from common.secagg import CorrectionLedger, NodeMasker, load_or_create_keypair

@@ -131,3 +131,40 @@ def test_big_endian_input_is_sent_little_endian() -> None:
     decoded = encode_arrays({"x": value}).arrays()["x"]
     assert decoded.dtype.str == "<f4"
     np.testing.assert_array_equal(decoded, value)
+
+
+def test_sections_keep_same_names_apart_and_round_trip_through_files(tmp_path: Path) -> None:
+    from common.payload import encode_sections, read_payload_file, write_sections_file
+
+    sections = {
+        pb.PAYLOAD_SECTION_PARAMS: {"w": np.arange(6, dtype=np.float32).reshape(2, 3)},
+        pb.PAYLOAD_SECTION_AUX: {"w": np.ones(4)},  # the same name in another section
+    }
+    for payload in (
+        encode_sections(sections),
+        (write_sections_file(tmp_path / "p.bin", sections), read_payload_file(tmp_path / "p.bin"))[
+            1
+        ],
+    ):
+        got = payload.sections()
+        assert set(got) == set(sections)
+        for section, arrays in sections.items():
+            for name, value in arrays.items():
+                np.testing.assert_array_equal(got[section][name], value)
+        with pytest.raises(PayloadError, match="read it with sections"):
+            payload.arrays()
+
+
+def test_unknown_section_and_duplicate_name_within_a_section_are_refused() -> None:
+    from common.payload import decode_sections, encode_sections
+
+    payload = encode_sections({pb.PAYLOAD_SECTION_PARAMS: {"w": np.zeros(2)}})
+    manifest = pb.PayloadManifest()
+    manifest.CopyFrom(payload.manifest)
+    manifest.arrays[0].section = 99  # type: ignore[assignment]
+    with pytest.raises(PayloadError, match="unknown section"):
+        decode_sections(manifest, payload.buffer)
+    manifest.CopyFrom(payload.manifest)
+    manifest.arrays.add().CopyFrom(manifest.arrays[0])
+    with pytest.raises(PayloadError, match="twice in its payload section"):
+        decode_sections(manifest, payload.buffer)

@@ -33,6 +33,10 @@ GLOBAL = {
 }
 
 
+#: What a node answers: its upload by payload section, and its TaskReply.
+Answer = tuple[dict[int, dict[str, np.ndarray]], pb.TaskReply]
+
+
 @dataclass
 class FakeNode:
     node_id: str
@@ -56,7 +60,7 @@ class FakeNode:
 class ScriptedExchange:
     """Answers each node's task with a prepared (arrays, TaskReply)."""
 
-    answers: Mapping[str, tuple[dict[str, np.ndarray], pb.TaskReply]]
+    answers: Mapping[str, Answer]
     tasks: dict[str, pb.TaskRequest] = field(default_factory=dict)
 
     @property
@@ -109,13 +113,19 @@ def _params(seed: int) -> dict[str, np.ndarray]:
 
 
 def _answer(
-    params: Mapping[str, np.ndarray], n_samples: int, aux: pb.AuxVars | None = None
-) -> tuple[dict[str, np.ndarray], pb.TaskReply]:
-    arrays = {f"param/{k}": np.asarray(v) for k, v in params.items()}
+    params: Mapping[str, np.ndarray],
+    n_samples: int,
+    aux: pb.AuxVars | None = None,
+    aux_arrays: Mapping[str, np.ndarray] | None = None,
+) -> Answer:
+    sections = {
+        pb.PAYLOAD_SECTION_PARAMS: {k: np.asarray(v) for k, v in params.items()},
+        pb.PAYLOAD_SECTION_AUX: dict(aux_arrays or {}),
+    }
     reply = pb.TaskReply(ok=True, n_samples=n_samples, losses=[0.5])
     if aux is not None:
         reply.aux_vars.CopyFrom(aux)
-    return arrays, reply
+    return sections, reply
 
 
 def _setup(optimizer: Optimizer | None = None, min_nodes: int = 1) -> RoundSetup:
@@ -147,29 +157,27 @@ def _fedavg(replies: Sequence[tuple[Mapping[str, np.ndarray], int]]) -> dict[str
 GOOD = [(_params(1), 10), (_params(2), 30)]
 
 
-def _nan_in_last_tensor() -> tuple[dict[str, np.ndarray], pb.TaskReply]:
+def _nan_in_last_tensor() -> Answer:
     params = _params(3)
     params["bias"] = params["bias"].copy()
     params["bias"][-1] = np.nan
     return _answer(params, 20)
 
 
-def _wrong_shape_in_one_tensor() -> tuple[dict[str, np.ndarray], pb.TaskReply]:
+def _wrong_shape_in_one_tensor() -> Answer:
     params = _params(3)
     params["bias"] = np.zeros(4, dtype=np.float32)
     return _answer(params, 20)
 
 
-def _unknown_aux_var() -> tuple[dict[str, np.ndarray], pb.TaskReply]:
+def _unknown_aux_var() -> Answer:
     from declearn.optimizer.modules import ScaffoldAuxVar
 
     message, aux_arrays = encode_aux_vars({"mystery": ScaffoldAuxVar(state=1.0)})
-    arrays, reply = _answer(_params(3), 20, message)
-    arrays.update(aux_arrays)
-    return arrays, reply
+    return _answer(_params(3), 20, message, aux_arrays)
 
 
-def _no_samples() -> tuple[dict[str, np.ndarray], pb.TaskReply]:
+def _no_samples() -> Answer:
     return _answer(_params(3), 0)
 
 
@@ -180,7 +188,7 @@ def _no_samples() -> tuple[dict[str, np.ndarray], pb.TaskReply]:
 )
 @pytest.mark.parametrize("bad_position", [0, 1, 2], ids=["bad-first", "bad-middle", "bad-last"])
 def test_refused_reply_leaves_the_global_model_equal_to_the_accepted_fedavg(
-    bad: Callable[[], tuple[dict[str, np.ndarray], pb.TaskReply]], bad_position: int
+    bad: Callable[[], Answer], bad_position: int
 ) -> None:
     answers = [_answer(p, n) for p, n in GOOD]
     answers.insert(bad_position, bad())
@@ -205,9 +213,7 @@ def test_refused_reply_leaves_no_trace_in_the_server_optimizer_aux_vars() -> Non
         message, aux_arrays = encode_aux_vars(
             {"scaffold": ScaffoldAuxVar(delta=delta, clients={cid})}
         )
-        arrays, reply = _answer(params, n, message)
-        arrays.update(aux_arrays)
-        return arrays, reply
+        return _answer(params, n, message, aux_arrays)
 
     bad = _params(3)
     bad["bias"] = np.full(3, np.inf, dtype=np.float32)

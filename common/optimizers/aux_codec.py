@@ -241,6 +241,11 @@ def _decode_value(
         return _from_tensor(value.tensor, name)
     if which == "array":
         return np.array(_payload_array(arrays, value.array, name), copy=True)
+    if which == "masked_array" or value.vector.masked:
+        raise PayloadError(
+            f"aux-var field {name!r} is SecAgg-masked: only the secure aggregation of a round "
+            "can read it"
+        )
     return _decode_vector(value.vector, arrays, kind, name)
 
 

@@ -17,6 +17,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -28,12 +29,45 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-@_typing.final
-class ArraySpec(_message.Message):
+class _PayloadSection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PayloadSectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayloadSection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAYLOAD_SECTION_UNSPECIFIED: _PayloadSection.ValueType  # 0
+    """single-purpose payloads and files"""
+    PAYLOAD_SECTION_PARAMS: _PayloadSection.ValueType  # 1
+    """model parameters, by parameter name"""
+    PAYLOAD_SECTION_AUX: _PayloadSection.ValueType  # 2
+    """arrays referenced by aux vars (AuxValue.array, VectorRef)"""
+    PAYLOAD_SECTION_SECAGG_PARAMS: _PayloadSection.ValueType  # 3
+    """SecAgg: n_samples * parameter, masked, by parameter name"""
+    PAYLOAD_SECTION_SECAGG_SUMS: _PayloadSection.ValueType  # 4
+    """SecAgg: other masked sums (sample count, aux-var fields)"""
+
+class PayloadSection(_PayloadSection, metaclass=_PayloadSectionEnumTypeWrapper):
     """---------------------------------------------------------------- payloads
 
-    Where one array lives inside a payload's byte buffer.
+    What an array of a payload is. Names are unique within a section; nothing
+    is told apart by name prefixes.
     """
+
+PAYLOAD_SECTION_UNSPECIFIED: PayloadSection.ValueType  # 0
+"""single-purpose payloads and files"""
+PAYLOAD_SECTION_PARAMS: PayloadSection.ValueType  # 1
+"""model parameters, by parameter name"""
+PAYLOAD_SECTION_AUX: PayloadSection.ValueType  # 2
+"""arrays referenced by aux vars (AuxValue.array, VectorRef)"""
+PAYLOAD_SECTION_SECAGG_PARAMS: PayloadSection.ValueType  # 3
+"""SecAgg: n_samples * parameter, masked, by parameter name"""
+PAYLOAD_SECTION_SECAGG_SUMS: PayloadSection.ValueType  # 4
+"""SecAgg: other masked sums (sample count, aux-var fields)"""
+Global___PayloadSection: _TypeAlias = PayloadSection  # noqa: Y015
+
+@_typing.final
+class ArraySpec(_message.Message):
+    """Where one array lives inside a payload's byte buffer."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -42,12 +76,14 @@ class ArraySpec(_message.Message):
     SHAPE_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     NBYTES_FIELD_NUMBER: _builtins.int
+    SECTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     dtype: _builtins.str
     """numpy dtype string, little-endian, e.g. "<f4" """
     offset: _builtins.int
     """byte offset in the payload buffer"""
     nbytes: _builtins.int
+    section: Global___PayloadSection.ValueType
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -58,10 +94,11 @@ class ArraySpec(_message.Message):
         shape: _abc.Iterable[_builtins.int] | None = ...,
         offset: _builtins.int = ...,
         nbytes: _builtins.int = ...,
+        section: Global___PayloadSection.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "name", b"name", "nbytes", b"nbytes", "offset", b"offset", "shape", b"shape"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "name", b"name", "nbytes", b"nbytes", "offset", b"offset", "section", b"section", "shape", b"shape"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,8 +275,11 @@ class VectorRef(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
     ARRAYS_FIELD_NUMBER: _builtins.int
+    MASKED_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
     """"numpy" or "torch": the Vector class"""
+    masked: _builtins.bool
+    """arrays of the SECAGG_SUMS section, not of AUX"""
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """coefficient names, in order"""
@@ -254,10 +294,11 @@ class VectorRef(_message.Message):
         kind: _builtins.str = ...,
         keys: _abc.Iterable[_builtins.str] | None = ...,
         arrays: _abc.Iterable[_builtins.str] | None = ...,
+        masked: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrays", b"arrays", "keys", b"keys", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrays", b"arrays", "keys", b"keys", "kind", b"kind", "masked", b"masked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,6 +320,7 @@ class AuxValue(_message.Message):
     VECTOR_FIELD_NUMBER: _builtins.int
     NONE_FIELD_NUMBER: _builtins.int
     TENSOR_FIELD_NUMBER: _builtins.int
+    MASKED_ARRAY_FIELD_NUMBER: _builtins.int
     number: _builtins.float
     integer: _builtins.int
     text: _builtins.str
@@ -287,6 +329,8 @@ class AuxValue(_message.Message):
     """payload array name"""
     none: _builtins.bool
     """the field is None"""
+    masked_array: _builtins.str
+    """SecAgg: an array of the SECAGG_SUMS section"""
     @_builtins.property
     def string_list(self) -> Global___StringList: ...
     @_builtins.property
@@ -310,12 +354,13 @@ class AuxValue(_message.Message):
         vector: Global___VectorRef | None = ...,
         none: _builtins.bool = ...,
         tensor: Global___Tensor | None = ...,
+        masked_array: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["array", b"array", "boolean", b"boolean", "integer", b"integer", "kind", b"kind", "none", b"none", "number", b"number", "string_list", b"string_list", "string_set", b"string_set", "tensor", b"tensor", "text", b"text", "vector", b"vector"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["array", b"array", "boolean", b"boolean", "integer", b"integer", "kind", b"kind", "masked_array", b"masked_array", "none", b"none", "number", b"number", "string_list", b"string_list", "string_set", b"string_set", "tensor", b"tensor", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["array", b"array", "boolean", b"boolean", "integer", b"integer", "kind", b"kind", "none", b"none", "number", b"number", "string_list", b"string_list", "string_set", b"string_set", "tensor", b"tensor", "text", b"text", "vector", b"vector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array", b"array", "boolean", b"boolean", "integer", b"integer", "kind", b"kind", "masked_array", b"masked_array", "none", b"none", "number", b"number", "string_list", b"string_list", "string_set", b"string_set", "tensor", b"tensor", "text", b"text", "vector", b"vector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["number", "integer", "text", "boolean", "string_list", "string_set", "array", "vector", "none", "tensor"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["number", "integer", "text", "boolean", "string_list", "string_set", "array", "vector", "none", "tensor", "masked_array"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

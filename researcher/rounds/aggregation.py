@@ -103,7 +103,7 @@ class SecureAggregation:
         aggregator.start(template)
 
     def add(self, reply: TrainReply) -> None:
-        prepared = self._session.prepare_reply(reply.node_id, reply.arrays, reply.aux_message)
+        prepared = self._session.prepare_reply(reply.node_id, reply.sections, reply.aux_message)
         if not self._session.settings.protect_parameters:
             # Parameters in clear, aux vars masked. The aggregator checks the whole reply
             # before it folds, and the masked part is already checked: a refusal by either

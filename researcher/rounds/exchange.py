@@ -20,7 +20,7 @@ import numpy as np
 
 from common.constants import HEARTBEAT_TIMEOUT
 from common.errors import FedloomError
-from common.payload import EncodedPayload
+from common.payload import UNSPECIFIED, EncodedPayload, Section
 from common.proto import fedloom_pb2 as pb
 from researcher.node_directory import ConnectedNode, DatasetSummary, NodeEvent
 from researcher.server import ResearcherServer
@@ -67,7 +67,12 @@ class ReceivedReply:
 
     node_id: str
     reply: pb.TaskReply
-    arrays: Mapping[str, np.ndarray]
+    sections: Mapping[Section, Mapping[str, np.ndarray]]
+
+    @property
+    def arrays(self) -> Mapping[str, np.ndarray]:
+        """The arrays of a single-purpose upload (e.g. a SecAgg correction)."""
+        return self.sections.get(UNSPECIFIED, {})
 
 
 #: Called with each good reply as it arrives; raising a FedloomError refuses the reply.
@@ -206,10 +211,11 @@ class GrpcExchange:
             self._fail(result, node, _error_text(reply.error))
             return
         try:
-            arrays: Mapping[str, np.ndarray] = {}
+            sections: Mapping[Section, Mapping[str, np.ndarray]] = {}
             if reply.payload_id:
-                arrays = self._server.payloads.take_upload(node.node_id, reply.payload_id).arrays()
-            received = ReceivedReply(node.node_id, reply, arrays)
+                upload = self._server.payloads.take_upload(node.node_id, reply.payload_id)
+                sections = upload.sections()
+            received = ReceivedReply(node.node_id, reply, sections)
             if on_reply is None:
                 result.replies[node.node_id] = received
             else:

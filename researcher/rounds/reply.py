@@ -17,22 +17,21 @@ from declearn.optimizer.modules import AuxVar
 from common.errors import FedloomError
 from common.finite import all_finite
 from common.optimizers.aux_codec import decode_aux_vars
+from common.payload import Section
 from common.proto import fedloom_pb2 as pb
-from common.secagg.protect import MASKED_PREFIX
+from common.secagg.protect import MASKED_SECTIONS
 from researcher.rounds.exchange import ReceivedReply
 
 __all__ = [
-    "AUX_PREFIX",
-    "PARAM_PREFIX",
     "InvalidReplyError",
     "ModelTemplate",
     "TrainReply",
     "decode_train_reply",
 ]
 
-#: Names of the arrays of each section inside an upload.
-PARAM_PREFIX = "param/"
-AUX_PREFIX = "aux/"
+#: The sections a train reply may carry in clear rounds, and in SecAgg rounds.
+_CLEAR_SECTIONS = frozenset({pb.PAYLOAD_SECTION_PARAMS, pb.PAYLOAD_SECTION_AUX})
+_SECURE_SECTIONS = _CLEAR_SECTIONS | set(MASKED_SECTIONS)
 
 
 class InvalidReplyError(FedloomError):
@@ -59,9 +58,9 @@ class TrainReply:
     """One node's validated train reply.
 
     In clear rounds `params` holds the node's parameters and `aux` its decoded aux vars.
-    Under SecAgg, `masked` holds the masked arrays and `aux_message` the aux-var layout,
-    which only the secure aggregation can read; `params` is empty when parameters are
-    protected.
+    Under SecAgg, `sections` holds the upload (masked sections included) and `aux_message`
+    the aux-var layout, which only the secure aggregation can read; `params` is empty when
+    parameters are protected.
     """
 
     node_id: str
@@ -73,9 +72,8 @@ class TrainReply:
     n_steps: int
     params: dict[str, np.ndarray] = field(default_factory=dict)
     aux: dict[str, AuxVar] = field(default_factory=dict)
-    masked: dict[str, np.ndarray] = field(default_factory=dict)
     aux_message: pb.AuxVars = field(default_factory=pb.AuxVars)
-    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+    sections: Mapping[Section, Mapping[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def mean_loss(self) -> float | None:
@@ -99,8 +97,16 @@ def decode_train_reply(
     masked (then the clear sample count must be 0 and the masked one is checked by SecAgg).
     """
     reply = received.reply
-    arrays = received.arrays
+    sections = received.sections
     where = f"node {label}"
+    allowed = _SECURE_SECTIONS if secure else _CLEAR_SECTIONS
+    unexpected = sorted(pb.PayloadSection.Name(s) for s in set(sections) - allowed)
+    if unexpected:
+        raise InvalidReplyError(
+            f"{where} sent payload sections {unexpected} that a "
+            f"{'SecAgg' if secure else 'clear'} round does not use: the node runs another "
+            "fedloom version or ignores the experiment's SecAgg setting"
+        )
     n_samples = int(reply.n_samples)
     if params_masked:
         if n_samples != 0:
@@ -115,13 +121,12 @@ def decode_train_reply(
         )
     params: dict[str, np.ndarray] = {}
     if not params_masked:
-        params = {
-            k[len(PARAM_PREFIX) :]: v for k, v in arrays.items() if k.startswith(PARAM_PREFIX)
-        }
+        params = dict(sections.get(pb.PAYLOAD_SECTION_PARAMS, {}))
         _check_params(params, template, where)
-    masked = {k[len(MASKED_PREFIX) :]: v for k, v in arrays.items() if k.startswith(MASKED_PREFIX)}
-    if masked and not secure:
-        raise InvalidReplyError(f"{where} sent SecAgg-masked arrays in a round without SecAgg")
+    elif pb.PAYLOAD_SECTION_PARAMS in sections:
+        raise InvalidReplyError(
+            f"{where} sent its parameters in clear although SecAgg protects them: refusing them"
+        )
     aux: dict[str, AuxVar] = {}
     modules = {item.module for item in reply.aux_vars.items}
     unknown = sorted(modules - set(aux_modules))
@@ -131,13 +136,13 @@ def decode_train_reply(
             f"(expected {sorted(aux_modules) or 'none'}): pair the plan's optimizer modules with "
             "the experiment's agg_optimizer (e.g. ScaffoldClientModule with ScaffoldServerModule)"
         )
+    aux_arrays = sections.get(pb.PAYLOAD_SECTION_AUX, {})
+    for name, value in aux_arrays.items():
+        if not all_finite(value):
+            raise InvalidReplyError(f"{where} sent non-finite values in aux array {name!r}")
     if not secure:
-        aux_arrays = {k: v for k, v in arrays.items() if k.startswith(AUX_PREFIX)}
-        for name, value in aux_arrays.items():
-            if value.dtype.kind == "f" and not all_finite(value):
-                raise InvalidReplyError(f"{where} sent non-finite values in aux array {name!r}")
         try:
-            aux = decode_aux_vars(reply.aux_vars, arrays, "numpy")
+            aux = decode_aux_vars(reply.aux_vars, aux_arrays, "numpy")
         except FedloomError as exc:
             raise InvalidReplyError(f"{where} sent unreadable aux vars: {exc}") from exc
     losses = [float(x) for x in reply.losses]
@@ -151,9 +156,8 @@ def decode_train_reply(
         n_steps=int(reply.n_steps),
         params=params,
         aux=aux,
-        masked=masked,
         aux_message=reply.aux_vars,
-        arrays=arrays if secure else {},
+        sections=sections if secure else {},
     )
 
 
@@ -178,7 +182,7 @@ def _check_params(params: Mapping[str, np.ndarray], template: ModelTemplate, whe
             raise InvalidReplyError(
                 f"{where} sent {name!r} as {value.dtype}, the global model holds {expected}"
             )
-        if value.dtype.kind == "f" and not all_finite(value):
+        if not all_finite(value):
             raise InvalidReplyError(
                 f"{where} sent non-finite values in {name!r}: lower its learning rate or check "
                 "its data"

@@ -18,7 +18,7 @@ import numpy as np
 
 from common.errors import FedloomError
 from common.optimizers.aux_codec import encode_aux_vars
-from common.payload import EncodedPayload, encode_arrays
+from common.payload import EncodedPayload, encode_sections
 from common.proto import fedloom_pb2 as pb
 from common.secagg import SecureAggregation as SecaggSettings
 from common.training_args import TrainingArgs
@@ -29,13 +29,7 @@ from researcher.rounds.aggregation import ClearAggregation, RoundAggregation, Se
 from researcher.rounds.exchange import Exchange, NodeView, ReceivedReply
 from researcher.rounds.global_update import global_update
 from researcher.rounds.policy import Strategy
-from researcher.rounds.reply import (
-    AUX_PREFIX,
-    PARAM_PREFIX,
-    ModelTemplate,
-    TrainReply,
-    decode_train_reply,
-)
+from researcher.rounds.reply import ModelTemplate, TrainReply, decode_train_reply
 from researcher.rounds.secure_round import SecureRound, check_secagg_configuration
 
 __all__ = ["PlanInfo", "RoundListener", "RoundResult", "RoundSetup", "run_round"]
@@ -195,14 +189,16 @@ def _global_payload(
     setup: RoundSetup, global_params: Mapping[str, np.ndarray], node_ids: Sequence[str]
 ) -> tuple[EncodedPayload, pb.AuxVars]:
     """The payload every selected node downloads (encoded once), and the aux-var message."""
-    arrays = {PARAM_PREFIX + k: v for k, v in global_params.items()}
     message = pb.AuxVars()
+    aux_arrays: dict[str, np.ndarray] = {}
     if setup.optimizer is not None:
         aux = setup.optimizer.collect_aux_var_for(node_ids)
         if aux:
-            message, aux_arrays = encode_aux_vars(aux, prefix=AUX_PREFIX.rstrip("/"))
-            arrays.update(aux_arrays)
-    return encode_arrays(arrays), message
+            message, aux_arrays = encode_aux_vars(aux)
+    payload = encode_sections(
+        {pb.PAYLOAD_SECTION_PARAMS: global_params, pb.PAYLOAD_SECTION_AUX: aux_arrays}
+    )
+    return payload, message
 
 
 def _train_task(

@@ -21,17 +21,15 @@ from declearn.optimizer.modules import AuxVar
 from common.errors import ConfigurationError, PayloadError, RoundFailedError, SecaggError
 from common.optimizers.aux_codec import aux_var_class, build_aux_var, decode_aux_fields
 from common.optimizers.vectors import arrays_to_vector
+from common.payload import Section
 from common.proto import fedloom_pb2 as pb
 from common.secagg import SecureAggregation, SecureSum, new_session_id
 from common.secagg.payload import as_masked
-from common.secagg.protect import MASKED_PREFIX, N_SAMPLES_NAME
+from common.secagg.protect import MASKED_SECTIONS, N_SAMPLES_NAME, mask_label
 from researcher.aggregators import Aggregator
 from researcher.rounds.exchange import Exchange, NodeView
 
 __all__ = ["SecureRound", "SecureRoundResult", "check_secagg_configuration"]
-
-#: Name prefix of the parameters among the masked payloads.
-_PARAM_MASK_PREFIX = "param/"
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,8 @@ class PreparedReply:
     """A masked reply checked whole by `SecureRound.prepare_reply`, ready to fold."""
 
     node_id: str
-    masked: dict[str, np.ndarray]
+    masked: dict[str, np.ndarray]  # mask label -> masked array
+    param_labels: dict[str, str]  # mask label -> parameter name
     aux_layout: dict[str, _AuxLayout]
 
 
@@ -87,6 +86,7 @@ class SecureRound:
         self.nodes = {n.node_id: n for n in nodes}
         self._sum = SecureSum(self.session_id, list(self.nodes), settings)
         self._masked_names: set[str] = set()
+        self._param_labels: dict[str, str] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._aux: dict[str, _AuxLayout] = {}
 
@@ -105,15 +105,23 @@ class SecureRound:
         )
 
     def prepare_reply(
-        self, node_id: str, arrays: Mapping[str, np.ndarray], aux_vars: pb.AuxVars
+        self,
+        node_id: str,
+        sections: Mapping[Section, Mapping[str, np.ndarray]],
+        aux_vars: pb.AuxVars,
     ) -> PreparedReply:
-        """Validate one node's masked payloads and clear aux fields whole; change nothing.
+        """Validate one node's masked sections and clear aux fields whole; change nothing.
 
         Raises SecaggError or PayloadError naming the node when the reply is unusable.
         """
         label = self.nodes[node_id].label
-        names = {k[len(MASKED_PREFIX) :] for k in arrays if k.startswith(MASKED_PREFIX)}
-        if self.settings.protect_parameters and N_SAMPLES_NAME not in names:
+        by_label = {
+            mask_label(section, name): array
+            for section in MASKED_SECTIONS
+            for name, array in sections.get(section, {}).items()
+        }
+        names = set(by_label)
+        if self.settings.protect_parameters and _N_SAMPLES not in names:
             raise SecaggError(
                 f"node {label} sent its update without SecAgg masks although "
                 "parameter protection is on: refusing it"
@@ -125,7 +133,7 @@ class SecureRound:
             )
         masked = {
             name: as_masked(
-                arrays[MASKED_PREFIX + name],
+                by_label[name],
                 node_id=node_id,
                 name=name,
                 shape=self._shapes.get(name),
@@ -133,11 +141,19 @@ class SecureRound:
             )
             for name in sorted(names)
         }
-        return PreparedReply(node_id, masked, self._checked_aux(label, aux_vars, arrays))
+        params = {
+            mask_label(pb.PAYLOAD_SECTION_SECAGG_PARAMS, name): name
+            for name in sections.get(pb.PAYLOAD_SECTION_SECAGG_PARAMS, {})
+        }
+        aux_arrays = sections.get(pb.PAYLOAD_SECTION_AUX, {})
+        return PreparedReply(
+            node_id, masked, params, self._checked_aux(label, aux_vars, aux_arrays)
+        )
 
     def commit_reply(self, prepared: PreparedReply) -> None:
         """Fold a reply `prepare_reply` accepted."""
         self._masked_names = set(prepared.masked)
+        self._param_labels = dict(prepared.param_labels)
         for name, array in prepared.masked.items():
             self._shapes.setdefault(name, array.shape)
             self._sum.add(prepared.node_id, name, array)
@@ -234,11 +250,9 @@ class SecureRound:
         total = None
         if self.settings.protect_parameters:
             param_sums = {
-                name[len(_PARAM_MASK_PREFIX) :]: self._sum.result(name)
-                for name in self._masked_names
-                if name.startswith(_PARAM_MASK_PREFIX)
+                param: self._sum.result(label) for label, param in self._param_labels.items()
             }
-            total = float(self._sum.result(N_SAMPLES_NAME).reshape(-1)[0])
+            total = float(self._sum.result(_N_SAMPLES).reshape(-1)[0])
             if total <= 0:
                 raise RoundFailedError(f"the securely summed sample count is {total}; expected > 0")
         aux: dict[str, AuxVar] = {}
@@ -247,14 +261,14 @@ class SecureRound:
             for name, value in layout.secure.items():
                 if value.WhichOneof("kind") == "vector":
                     coefs = {
-                        key: self._sum.result(array[len(MASKED_PREFIX) :]).astype(
+                        key: self._sum.result(_sums_label(array)).astype(
                             dtypes.get(key, np.float64)
                         )
                         for key, array in zip(value.vector.keys, value.vector.arrays, strict=True)
                     }
                     fields[name] = arrays_to_vector(coefs, "numpy")
                 else:
-                    summed = self._sum.result(value.array[len(MASKED_PREFIX) :])
+                    summed = self._sum.result(_sums_label(value.masked_array))
                     fields[name] = float(summed) if summed.ndim == 0 else summed
             aux[module] = build_aux_var(layout.type_name, fields)
         return SecureRoundResult(param_sums, total, aux)
@@ -262,9 +276,15 @@ class SecureRound:
 
 def _is_masked(value: pb.AuxValue) -> bool:
     kind = value.WhichOneof("kind")
-    if kind == "vector":
-        return any(a.startswith(MASKED_PREFIX) for a in value.vector.arrays)
-    return kind == "array" and value.array.startswith(MASKED_PREFIX)
+    return kind == "masked_array" or (kind == "vector" and value.vector.masked)
+
+
+def _sums_label(name: str) -> str:
+    return mask_label(pb.PAYLOAD_SECTION_SECAGG_SUMS, name)
+
+
+#: The label of the masked sample count.
+_N_SAMPLES = _sums_label(N_SAMPLES_NAME)
 
 
 def check_secagg_configuration(settings: SecureAggregation, aggregator: Aggregator) -> None:
