@@ -11,6 +11,7 @@ arrays, SecAgg-masked sums); names are unique within a section. A single-purpose
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from common.constants import (
     ARRAY_ALIGNMENT,
@@ -166,13 +168,14 @@ def decode_sections(
             raise PayloadError(f"array {spec.name!r} is in an unknown section {spec.section}")
         try:
             dtype = np.dtype(spec.dtype)
-        except TypeError as exc:
+        except (TypeError, ValueError, SyntaxError) as exc:  # numpy parses dtype strings
             raise PayloadError(f"array {spec.name!r} has an unknown dtype {spec.dtype!r}") from exc
         if dtype.kind not in _ALLOWED_KINDS:
             raise PayloadError(f"array {spec.name!r} has a non-numeric dtype {spec.dtype!r}")
         if any(dim < 0 for dim in spec.shape):
             raise PayloadError(f"array {spec.name!r} has a negative dimension {list(spec.shape)}")
-        count = int(np.prod(spec.shape, dtype=np.int64)) if spec.shape else 1
+        # Python integers: a product wrapping around in int64 could match a lying nbytes.
+        count = math.prod(int(dim) for dim in spec.shape)
         if count * dtype.itemsize != spec.nbytes:
             raise PayloadError(
                 f"array {spec.name!r}: shape {list(spec.shape)} x {dtype} does not make {spec.nbytes} bytes"
@@ -343,10 +346,19 @@ def read_payload_file(path: Path) -> EncodedPayload:
         magic, length = _FILE_HEADER.unpack(head)
         if magic != _FILE_MAGIC:
             raise PayloadError(f"{path} is not a fedloom payload file (bad magic)")
-        manifest = pb.PayloadManifest()
-        manifest.ParseFromString(fh.read(length))
-        start = _align(_FILE_HEADER.size + length)
         size = os.fstat(fh.fileno()).st_size
+        if _FILE_HEADER.size + length > size:
+            # Checked before reading: a lying header must not make us allocate its length.
+            raise PayloadError(
+                f"{path} is truncated or corrupt: its header announces a {length}-byte "
+                f"manifest in a {size}-byte file"
+            )
+        manifest = pb.PayloadManifest()
+        try:
+            manifest.ParseFromString(fh.read(length))
+        except DecodeError as exc:
+            raise PayloadError(f"{path} has a corrupt manifest: {exc}") from exc
+        start = _align(_FILE_HEADER.size + length)
         if size < start + manifest.total_bytes:
             raise PayloadError(
                 f"{path} is truncated: {size} bytes for {start + manifest.total_bytes}"
