@@ -27,6 +27,7 @@ from common.errors import ConfigurationError, FedloomError
 from common.grpc_options import channel_options
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
+from common.secagg.advert import NodeIdentity
 from node.executor import TaskExecutor
 from node.home import NodeHome, utc_now
 from node.registry import DatasetRegistry
@@ -70,6 +71,7 @@ class NodeDaemon:
         task_timeout: float | None = None,
         max_memory_mb: int | None = None,
         cert_path: str | None = None,
+        secagg_identity: NodeIdentity | None = None,
     ) -> None:
         self.home = home
         self.researcher = researcher
@@ -88,6 +90,7 @@ class NodeDaemon:
             task_timeout=task_timeout,
             send=self._send,
             stub=lambda: self._stub,
+            secagg_identity=secagg_identity,
         )
         self._handler.on_task_change = self._task_changed
         self._board = StatusBoard(home.db_path)
@@ -387,6 +390,19 @@ def _channel_credentials(
     return node_channel_credentials(Path(tls["ca"]), Path(tls["cert"]), Path(tls["key"]))
 
 
+def _secagg_identity(
+    home: NodeHome, tls: dict[str, Any] | None, insecure: bool
+) -> NodeIdentity | None:
+    """The certificate that signs this node's SecAgg round keys; None under --insecure."""
+    if insecure or not tls:
+        log.warning(
+            "SecAgg round keys are NOT signed or verified (--insecure): a researcher could "
+            "substitute keys or invent participants and unmask this node's updates"
+        )
+        return None
+    return NodeIdentity.load(ca=Path(tls["ca"]), cert=Path(tls["cert"]), key=Path(tls["key"]))
+
+
 #: Format of logs/node.log; the console parses it (node.console.logs), keep the two in step.
 #: ``experiment`` is the experiment whose task runs when the line is written, ``-`` if none.
 NODE_LOG_FORMAT = "%(asctime)s %(levelname)s [%(experiment)s] %(name)s: %(message)s"
@@ -432,6 +448,11 @@ def run_node(
     except FedloomError as exc:
         log.error("%s", exc)
         return 2
+    try:
+        identity = _secagg_identity(home, tls, insecure)
+    except FedloomError as exc:
+        log.error("%s", exc)
+        return 2
     daemon = NodeDaemon(
         home,
         researcher,
@@ -440,6 +461,7 @@ def run_node(
         task_timeout=task_timeout,
         max_memory_mb=max_memory_mb,
         cert_path=(tls or {}).get("cert"),
+        secagg_identity=identity,
     )
     running.append(daemon)
 

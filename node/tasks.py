@@ -17,11 +17,13 @@ from common.errors import DatasetError, FedloomError, PlanError
 from common.plan_hash import plan_hash
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
+from common.secagg.advert import NodeIdentity
 from common.training_args import TrainingArgs
 from node.executor import TaskExecutor
 from node.home import NodeHome
 from node.plans import PlanRegistry
 from node.registry import DatasetRegistry
+from node.secagg_tasks import SECAGG_TASK_KINDS, SecaggTasks, double_masking_spec
 from node.served import ServedTasks
 from node.transfer import download_payload, upload_payload
 
@@ -58,8 +60,10 @@ class TaskHandler:
         task_timeout: float | None,
         send: Callable[[pb.NodeMessage], bool],
         stub: Callable[[], pb_grpc.FederationStub | None],
+        secagg_identity: NodeIdentity | None = None,
     ) -> None:
         self.home = home
+        self._secagg = SecaggTasks(home.node_id, home.path, secagg_identity)
         self._executor = executor
         self._allow_unapproved = allow_unapproved
         self._task_timeout = task_timeout
@@ -149,6 +153,8 @@ class TaskHandler:
         kind = task.WhichOneof("kind")
         if kind == "secagg_correction":
             return self._secagg_correction(task, task_dir)
+        if kind in SECAGG_TASK_KINDS:
+            return self._secagg.run(task)
         if kind != "train":
             raise TaskRefused("UnsupportedTask", f"this node does not know task kind {kind!r}")
         train = task.train
@@ -189,6 +195,7 @@ class TaskHandler:
                 "node_id": self.home.node_id,
                 "keys_dir": str(self.home.keys_dir),
                 "ledger_path": str(self._ledger_path),
+                **double_masking_spec(self.home.path, self.home.node_id),
             }
         timeout = self._timeout(task)
         log.info(

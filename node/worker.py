@@ -212,6 +212,16 @@ def _protected_reply(
     context = pb.SecaggContext()
     context.ParseFromString(bytes.fromhex(secagg["context_hex"]))
     settings = context_settings(context)
+    if context.threshold:  # double masking: shares came with the request
+        from node.secagg_tasks import double_masker
+
+        return protect_node_reply(
+            double_masker(secagg, context),
+            params,
+            n_samples,
+            aux,
+            protect_parameters=settings.protect_parameters,
+        )
     masker = NodeMasker(
         context.session_id,
         secagg["node_id"],

@@ -476,6 +476,8 @@ class SecaggContext(_message.Message):
     FRACTION_BITS_FIELD_NUMBER: _builtins.int
     PROTECT_PARAMETERS_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     clip: _builtins.float
     """values must lie in [-clip, clip]"""
@@ -484,9 +486,17 @@ class SecaggContext(_message.Message):
     protect_parameters: _builtins.bool
     session_id: _builtins.str
     """binds masks to experiment and round"""
+    threshold: _builtins.int
+    """Double masking (common/secagg/__init__.py): nonzero means the shares below were
+    distributed in this session and `peers` stays empty.
+    """
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecaggPeer]:
         """all participants of this round, ranked"""
+
+    @_builtins.property
+    def shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecaggEncryptedShare]:
+        """shares addressed to this node, one per sender"""
 
     def __init__(
         self,
@@ -497,14 +507,274 @@ class SecaggContext(_message.Message):
         fraction_bits: _builtins.int = ...,
         protect_parameters: _builtins.bool = ...,
         session_id: _builtins.str = ...,
+        threshold: _builtins.int = ...,
+        shares: _abc.Iterable[Global___SecaggEncryptedShare] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "enabled", b"enabled", "fraction_bits", b"fraction_bits", "peers", b"peers", "protect_parameters", b"protect_parameters", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "enabled", b"enabled", "fraction_bits", b"fraction_bits", "peers", b"peers", "protect_parameters", b"protect_parameters", "session_id", b"session_id", "shares", b"shares", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SecaggContext: _TypeAlias = SecaggContext  # noqa: Y015
+
+@_typing.final
+class SecaggKeyAdvert(_message.Message):
+    """Double masking with per-round keys (Bonawitz et al. 2017), one phase per task kind.
+    A node's round keys, signed with its TLS client certificate's key (unsigned under --insecure).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CIPHER_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    MASK_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    node_id: _builtins.str
+    cipher_public_key: _builtins.bytes
+    """X25519, this round only: encrypts shares sent to this node"""
+    mask_public_key: _builtins.bytes
+    """X25519, this round only: pairwise masks"""
+    certificate: _builtins.bytes
+    """PEM client certificate of node_id; empty under --insecure"""
+    signature: _builtins.bytes
+    """over session, node id and both keys"""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        cipher_public_key: _builtins.bytes = ...,
+        mask_public_key: _builtins.bytes = ...,
+        certificate: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "cipher_public_key", b"cipher_public_key", "mask_public_key", b"mask_public_key", "node_id", b"node_id", "session_id", b"session_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecaggKeyAdvert: _TypeAlias = SecaggKeyAdvert  # noqa: Y015
+
+@_typing.final
+class SecaggEncryptedShare(_message.Message):
+    """One node's Shamir shares for one peer, AES-GCM encrypted under their pairwise key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    RECEIVER_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    sender: _builtins.str
+    receiver: _builtins.str
+    ciphertext: _builtins.bytes
+    """12-byte nonce, then ciphertext and tag"""
+    def __init__(
+        self,
+        *,
+        sender: _builtins.str = ...,
+        receiver: _builtins.str = ...,
+        ciphertext: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "receiver", b"receiver", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecaggEncryptedShare: _TypeAlias = SecaggEncryptedShare  # noqa: Y015
+
+@_typing.final
+class SecaggAdvertiseRequest(_message.Message):
+    """Phase 1: create round keys for `participants` (the round's node ids) and sign them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    threshold: _builtins.int
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        participants: _abc.Iterable[_builtins.str] | None = ...,
+        threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["participants", b"participants", "session_id", b"session_id", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecaggAdvertiseRequest: _TypeAlias = SecaggAdvertiseRequest  # noqa: Y015
+
+@_typing.final
+class SecaggShareRequest(_message.Message):
+    """Phase 2: every advert the researcher received; the node verifies them and shares its
+    self-mask seed and mask key among their senders.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    ADVERTS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    @_builtins.property
+    def adverts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecaggKeyAdvert]: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        adverts: _abc.Iterable[Global___SecaggKeyAdvert] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adverts", b"adverts", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecaggShareRequest: _TypeAlias = SecaggShareRequest  # noqa: Y015
+
+@_typing.final
+class SecaggUnmaskRequest(_message.Message):
+    """Phase 4: self-mask shares for `survivors`, mask-key shares for `dropped`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SURVIVORS_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    @_builtins.property
+    def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def dropped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        survivors: _abc.Iterable[_builtins.str] | None = ...,
+        dropped: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "session_id", b"session_id", "survivors", b"survivors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecaggUnmaskRequest: _TypeAlias = SecaggUnmaskRequest  # noqa: Y015
+
+@_typing.final
+class SecaggShareValue(_message.Message):
+    """One Shamir share (x, y) of a 32-byte secret of node `owner` (16 field elements)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    X_FIELD_NUMBER: _builtins.int
+    Y_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    x: _builtins.int
+    @_builtins.property
+    def y(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        x: _builtins.int = ...,
+        y: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "x", b"x", "y", b"y"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecaggShareValue: _TypeAlias = SecaggShareValue  # noqa: Y015
+
+@_typing.final
+class SecaggShares(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecaggEncryptedShare]: ...
+    def __init__(
+        self,
+        *,
+        shares: _abc.Iterable[Global___SecaggEncryptedShare] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shares", b"shares"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecaggShares: _TypeAlias = SecaggShares  # noqa: Y015
+
+@_typing.final
+class SecaggUnmaskShares(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SELF_MASK_FIELD_NUMBER: _builtins.int
+    MASK_KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def self_mask(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecaggShareValue]: ...
+    @_builtins.property
+    def mask_key(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecaggShareValue]: ...
+    def __init__(
+        self,
+        *,
+        self_mask: _abc.Iterable[Global___SecaggShareValue] | None = ...,
+        mask_key: _abc.Iterable[Global___SecaggShareValue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mask_key", b"mask_key", "self_mask", b"self_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecaggUnmaskShares: _TypeAlias = SecaggUnmaskShares  # noqa: Y015
+
+@_typing.final
+class SecaggReply(_message.Message):
+    """What a node answers to the SecAgg phases (in TaskReply.secagg)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADVERT_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    UNMASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def advert(self) -> Global___SecaggKeyAdvert: ...
+    @_builtins.property
+    def shares(self) -> Global___SecaggShares: ...
+    @_builtins.property
+    def unmask(self) -> Global___SecaggUnmaskShares: ...
+    def __init__(
+        self,
+        *,
+        advert: Global___SecaggKeyAdvert | None = ...,
+        shares: Global___SecaggShares | None = ...,
+        unmask: Global___SecaggUnmaskShares | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advert", b"advert", "kind", b"kind", "shares", b"shares", "unmask", b"unmask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advert", b"advert", "kind", b"kind", "shares", b"shares", "unmask", b"unmask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["advert", "shares", "unmask"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___SecaggReply: _TypeAlias = SecaggReply  # noqa: Y015
 
 @_typing.final
 class DatasetInfo(_message.Message):
@@ -717,6 +987,9 @@ class TaskRequest(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     TRAIN_FIELD_NUMBER: _builtins.int
     SECAGG_CORRECTION_FIELD_NUMBER: _builtins.int
+    SECAGG_ADVERTISE_FIELD_NUMBER: _builtins.int
+    SECAGG_SHARE_FIELD_NUMBER: _builtins.int
+    SECAGG_UNMASK_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     experiment_id: _builtins.str
     round: _builtins.int
@@ -725,6 +998,12 @@ class TaskRequest(_message.Message):
     def train(self) -> Global___TrainRequest: ...
     @_builtins.property
     def secagg_correction(self) -> Global___SecaggCorrectionRequest: ...
+    @_builtins.property
+    def secagg_advertise(self) -> Global___SecaggAdvertiseRequest: ...
+    @_builtins.property
+    def secagg_share(self) -> Global___SecaggShareRequest: ...
+    @_builtins.property
+    def secagg_unmask(self) -> Global___SecaggUnmaskRequest: ...
     def __init__(
         self,
         *,
@@ -734,12 +1013,15 @@ class TaskRequest(_message.Message):
         timeout_seconds: _builtins.float = ...,
         train: Global___TrainRequest | None = ...,
         secagg_correction: Global___SecaggCorrectionRequest | None = ...,
+        secagg_advertise: Global___SecaggAdvertiseRequest | None = ...,
+        secagg_share: Global___SecaggShareRequest | None = ...,
+        secagg_unmask: Global___SecaggUnmaskRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "secagg_correction", b"secagg_correction", "train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "secagg_advertise", b"secagg_advertise", "secagg_correction", b"secagg_correction", "secagg_share", b"secagg_share", "secagg_unmask", b"secagg_unmask", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "kind", b"kind", "round", b"round", "secagg_correction", b"secagg_correction", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "kind", b"kind", "round", b"round", "secagg_advertise", b"secagg_advertise", "secagg_correction", b"secagg_correction", "secagg_share", b"secagg_share", "secagg_unmask", b"secagg_unmask", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["train", "secagg_correction"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["train", "secagg_correction", "secagg_advertise", "secagg_share", "secagg_unmask"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -830,6 +1112,7 @@ class TaskReply(_message.Message):
     LOSSES_FIELD_NUMBER: _builtins.int
     TRAIN_SECONDS_FIELD_NUMBER: _builtins.int
     N_STEPS_FIELD_NUMBER: _builtins.int
+    SECAGG_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     experiment_id: _builtins.str
     round: _builtins.int
@@ -849,6 +1132,10 @@ class TaskReply(_message.Message):
     def losses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """training loss per local step"""
 
+    @_builtins.property
+    def secagg(self) -> Global___SecaggReply:
+        """answer to a SecAgg phase task"""
+
     def __init__(
         self,
         *,
@@ -864,10 +1151,11 @@ class TaskReply(_message.Message):
         losses: _abc.Iterable[_builtins.float] | None = ...,
         train_seconds: _builtins.float = ...,
         n_steps: _builtins.int = ...,
+        secagg: Global___SecaggReply | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "error", b"error", "secagg", b"secagg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "error", b"error", "experiment_id", b"experiment_id", "losses", b"losses", "metrics", b"metrics", "n_samples", b"n_samples", "n_steps", b"n_steps", "ok", b"ok", "payload_id", b"payload_id", "round", b"round", "task_id", b"task_id", "train_seconds", b"train_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "error", b"error", "experiment_id", b"experiment_id", "losses", b"losses", "metrics", b"metrics", "n_samples", b"n_samples", "n_steps", b"n_steps", "ok", b"ok", "payload_id", b"payload_id", "round", b"round", "secagg", b"secagg", "task_id", b"task_id", "train_seconds", b"train_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,13 +16,22 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from common.errors import SecaggError
 from common.secagg.keys import SecaggKeyPair, public_key_from_bytes
 
-__all__ = ["SEED_SIZE", "PairSecret", "agree", "mask_seed", "new_session_id"]
+__all__ = [
+    "SEED_SIZE",
+    "PairSecret",
+    "agree",
+    "length_prefixed",
+    "mask_seed",
+    "new_session_id",
+    "self_mask_seed",
+]
 
 # AES-128 key size: the keystream cipher (see masking.py) takes a 16-byte key, which matches
 # the ~128-bit security level of X25519.
 SEED_SIZE = 16
 # Domain separation: a seed derived for masks can never collide with another use of the key.
 _LABEL = b"fedloom/secagg/pairwise-mask/v1"
+_SELF_LABEL = b"fedloom/secagg/self-mask/v1"
 # Random bytes appended to session ids so a re-run of the same round never reuses masks.
 _SESSION_NONCE_BYTES = 16
 
@@ -67,7 +76,7 @@ def agree(keys: SecaggKeyPair, *, my_id: str, peer_id: str, peer_public: bytes) 
 def mask_seed(pair: PairSecret, *, session_id: str, payload: str) -> bytes:
     """The keystream key of this pair for one payload of one session."""
     info = _LABEL + b"".join(
-        _length_prefixed(field)
+        length_prefixed(field)
         for field in (
             session_id.encode(),
             payload.encode(),
@@ -82,6 +91,14 @@ def mask_seed(pair: PairSecret, *, session_id: str, payload: str) -> bytes:
     )
 
 
+def self_mask_seed(seed: bytes, *, session_id: str, node_id: str, payload: str) -> bytes:
+    """The keystream key of a node's self mask for one payload, from its 32-byte round seed."""
+    info = _SELF_LABEL + b"".join(
+        length_prefixed(field.encode()) for field in (session_id, node_id, payload)
+    )
+    return HKDF(algorithm=hashes.SHA256(), length=SEED_SIZE, salt=None, info=info).derive(seed)
+
+
 def new_session_id(experiment_id: str, round_number: int) -> str:
     """A session id for one attempt of one round: experiment, round and a random nonce.
 
@@ -91,6 +108,6 @@ def new_session_id(experiment_id: str, round_number: int) -> str:
     return f"{experiment_id}/round-{round_number}/{secrets.token_hex(_SESSION_NONCE_BYTES)}"
 
 
-def _length_prefixed(field: bytes) -> bytes:
+def length_prefixed(field: bytes) -> bytes:
     """Encode a field unambiguously (4-byte big-endian length, then the bytes)."""
     return len(field).to_bytes(4, "big") + field

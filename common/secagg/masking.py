@@ -33,6 +33,7 @@ __all__ = [
     "keystream",
     "keystream_cipher",
     "mask",
+    "sum_and_mask",
     "sum_masked",
     "unmask_sum",
 ]
@@ -128,6 +129,31 @@ def _mask_in_place(
         for cipher, sign in ciphers:
             words = buffer.next_words(cipher, part.size)
             (np.add if sign > 0 else np.subtract)(part, words, out=part)
+
+
+def sum_and_mask(
+    arrays: Sequence[np.ndarray], seeds: Sequence[SignedSeed], shape: tuple[int, ...]
+) -> np.ndarray:
+    """``sum(arrays) + sum(sign * PRG(seed))`` mod 2^64 in one chunked pass (researcher side).
+
+    ``arrays`` are validated contiguous uint64 arrays of ``shape``; with no arrays the sum
+    starts at zero. Each chunk of the result stays in cache while every input and keystream
+    is added to it.
+    """
+    _check_signs(seeds)
+    out = np.zeros(shape, dtype=np.uint64)
+    flat = out.reshape(-1)
+    inputs = [_same_size(array, flat.size) for array in arrays]
+    buffer = KeystreamBuffer(max(flat.size, 1))
+    ciphers = [(keystream_cipher(seed), sign) for seed, sign in seeds]
+    for start in range(0, flat.size, CHUNK_VALUES):
+        part = flat[start : start + CHUNK_VALUES]
+        for array in inputs:
+            np.add(part, array[start : start + CHUNK_VALUES], out=part)
+        for cipher, sign in ciphers:
+            words = buffer.next_words(cipher, part.size)
+            (np.add if sign > 0 else np.subtract)(part, words, out=part)
+    return out
 
 
 def dropout_correction(shape: int | Sequence[int], seeds: Sequence[SignedSeed]) -> np.ndarray:

@@ -14,7 +14,7 @@ researcher's SecureSum sums and asks corrections for: both sides derive it here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from declearn.model.api import Vector
@@ -24,12 +24,12 @@ from common.optimizers.aux_codec import encode_aux_fields
 from common.optimizers.vectors import vector_kind, vector_to_arrays
 from common.payload import Section, Sections
 from common.proto import fedloom_pb2 as pb
-from common.secagg.node_masker import NodeMasker
 from common.secagg.settings import SecureAggregation
 
 __all__ = [
     "MASKED_SECTIONS",
     "N_SAMPLES_NAME",
+    "PayloadMasker",
     "context_settings",
     "mask_label",
     "protect_node_reply",
@@ -43,6 +43,14 @@ MASKED_SECTIONS: dict[Section, str] = {
     pb.PAYLOAD_SECTION_SECAGG_PARAMS: "params",
     pb.PAYLOAD_SECTION_SECAGG_SUMS: "sums",
 }
+
+
+class PayloadMasker(Protocol):
+    """Masks one labelled payload once (NodeMasker, or DoubleMasker under double masking)."""
+
+    def mask(self, name: str, values: np.ndarray) -> np.ndarray:
+        """The masked uint64 array of ``values``."""
+        ...
 
 
 def mask_label(section: Section, name: str) -> str:
@@ -65,7 +73,7 @@ def context_settings(context: pb.SecaggContext) -> SecureAggregation:
 class _MaskedSink:
     """Masks values into the two masked sections under their shared labels."""
 
-    def __init__(self, masker: NodeMasker) -> None:
+    def __init__(self, masker: PayloadMasker) -> None:
         self.masker = masker
         self.sections: dict[Section, dict[str, np.ndarray]] = {
             section: {} for section in MASKED_SECTIONS
@@ -78,7 +86,7 @@ class _MaskedSink:
 
 
 def protect_node_reply(
-    masker: NodeMasker,
+    masker: PayloadMasker,
     params: Mapping[str, np.ndarray],
     n_samples: int,
     aux: Mapping[str, Any],

@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_FRACTION_BITS",
     "DEFAULT_MIN_SURVIVORS",
     "SecureAggregation",
+    "minimum_threshold",
 ]
 
 # Values (parameters, aux vars, sample-weighted parameters) must lie in [-1e6, 1e6]. Model
@@ -30,6 +31,12 @@ DEFAULT_FRACTION_BITS = 30
 DEFAULT_MIN_SURVIVORS = 2
 
 
+def minimum_threshold(n_nodes: int) -> int:
+    """The smallest threshold a node accepts for ``n_nodes`` participants: a strict majority,
+    and at least 2 (a sum over one node is that node's update)."""
+    return max(n_nodes // 2 + 1, DEFAULT_MIN_SURVIVORS)
+
+
 @dataclass(frozen=True, kw_only=True)
 class SecureAggregation:
     """Secure aggregation settings, validated on construction.
@@ -38,14 +45,28 @@ class SecureAggregation:
     - ``fraction_bits``: fixed-point precision; per-value error is ``2**-(fraction_bits + 1)``.
     - ``protect_parameters``: mask model parameters too, not only the aux vars' summable fields.
     - ``min_survivors``: smallest number of nodes whose sum may be revealed after dropouts.
+    - ``threshold``: Shamir threshold t of double masking (None: a majority of the round's
+      participants, at least 2). Recovery needs t survivors; up to t - 1 colluding nodes
+      learn nothing from their shares. It may be raised above the majority, not lowered
+      below it (see :meth:`threshold_for`).
     """
 
     clip: float = DEFAULT_CLIP
     fraction_bits: int = DEFAULT_FRACTION_BITS
     protect_parameters: bool = True
     min_survivors: int = DEFAULT_MIN_SURVIVORS
+    threshold: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threshold is not None and (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, int)
+            or self.threshold < DEFAULT_MIN_SURVIVORS
+        ):
+            raise SecaggError(
+                f"SecureAggregation(threshold=...) must be None (majority) or an int >= "
+                f"{DEFAULT_MIN_SURVIVORS}, got {self.threshold!r}."
+            )
         FixedPoint(self.clip, self.fraction_bits)
         if not isinstance(self.protect_parameters, bool):
             raise SecaggError(
@@ -76,6 +97,29 @@ class SecureAggregation:
                 "lower SecureAggregation(min_survivors=...)."
             )
         self.codec.check_capacity(n_nodes)
+
+    def threshold_for(self, n_nodes: int) -> int:
+        """The Shamir threshold of a round of ``n_nodes``: the majority (at least 2) by default.
+
+        A threshold at or below half the participants is refused: a malicious researcher could
+        then ask one half for a node's self-mask shares and the other half for its key shares
+        and unmask that node alone.
+        """
+        majority = max(minimum_threshold(n_nodes), self.min_survivors)
+        threshold = majority if self.threshold is None else self.threshold
+        if threshold > n_nodes:
+            raise SecaggError(
+                f"SecAgg threshold {threshold} exceeds the round's {n_nodes} participants: "
+                "select more nodes or lower SecureAggregation(threshold=...)."
+            )
+        if threshold < majority:
+            raise SecaggError(
+                f"SecAgg threshold {threshold} is not a majority of {n_nodes} participants "
+                f"(needs >= {majority}): two disjoint groups of survivors could then reveal "
+                "both halves of one node's masks. Raise SecureAggregation(threshold=...) or "
+                "leave it None."
+            )
+        return threshold
 
     def max_nodes(self) -> int:
         """How many nodes a round may have before sums could overflow."""
