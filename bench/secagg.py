@@ -1,13 +1,19 @@
-"""Benchmark SecAgg masking against the raw keystream it is built on.
+"""Benchmark double-masking SecAgg against the raw keystream it is built on.
 
-Usage: python bench/secagg.py [--sizes 1e6 1e7] [--nodes 3 10] [--repeats 5] [--no-declearn]
+Usage: python bench/secagg.py [--sizes 1e6 1e7] [--nodes 3 10] [--repeats 3] [--no-declearn]
 
-For each vector size and node count it prints, as the best of ``--repeats`` runs:
-- mask: fixed-point encode + mask one node's vector (toward its n-1 peers);
-- raw ks: generating the same (n-1) * size * 8 keystream bytes alone, in the same run;
-- ratio: mask / raw ks (the target is within 3x);
-- sum+unmask: the researcher adding n masked vectors and decoding the sum.
-With declearn available it also times declearn's MaskingEncrypter on a smaller vector.
+For each vector size and node count, best of ``--repeats`` runs, in one process:
+- raw ks: one AES-128-CTR keystream of the vector's size (the unit every column is read in);
+- mask: one node encodes and double-masks its vector (1 self + n-1 pairwise keystreams);
+- unmask 0: the researcher sums n masked vectors and removes n self masks;
+- unmask 1: one node dropped: sum of n-1 vectors, minus n-1 self masks and the n-1 pairwise
+  masks toward the dropped node (rebuilt from its mask key);
+- ratios: each operation over the raw keystream time *for the keystreams it must generate*
+  (n for mask and unmask 0, 2(n-1) for unmask 1); targets are mask <= 3x, unmask 1 <= 5x.
+Per node count (independent of the vector size):
+- share gen: one node Shamir-shares its seed and mask key among n and seals n-1 shares;
+- reconstruct: the researcher rebuilds n secrets (n-1 seeds, 1 key) from t shares each.
+Share and reconstruction times exclude the network; unmask times exclude waiting for nodes.
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from common.secagg import NodeMasker, SecaggKeyPair, SecureAggregation, SecureSum, new_session_id
+from common.secagg import SecaggKeyPair, SecureAggregation, new_session_id
+from common.secagg.double_masking import DoubleMasker, removal_seeds, survivors_sum
 from common.secagg.masking import CHUNK_VALUES, KeystreamBuffer, keystream_cipher
+from common.secagg.shamir import reconstruct, share_secrets
+from common.secagg.share_box import seal_share
 
-# declearn generates masks one value at a time through Python: a small vector keeps it short.
-DECLEARN_VALUES = 100_000
 SETTINGS = SecureAggregation()
+# declearn builds Python lists of every value: a vector of this size keeps its run short.
+DECLEARN_VALUES = 1_000_000
 
 
 def best_ms(run: Callable[[], object], repeats: int) -> float:
@@ -37,84 +47,162 @@ def best_ms(run: Callable[[], object], repeats: int) -> float:
     return min(times) * 1e3
 
 
-def raw_keystream(n_values: int, n_streams: int) -> None:
-    """Generate ``n_streams`` keystreams of ``n_values`` words, discarding them."""
+def raw_keystream(n_values: int) -> None:
+    """Generate one keystream of ``n_values`` words in cache-sized chunks, discarding it."""
     chunker = KeystreamBuffer(n_values)
-    for _ in range(n_streams):
-        cipher = keystream_cipher(os.urandom(16))
-        for start in range(0, n_values, CHUNK_VALUES):
-            chunker.next_words(cipher, min(CHUNK_VALUES, n_values - start))
+    cipher = keystream_cipher(os.urandom(16))
+    for start in range(0, n_values, CHUNK_VALUES):
+        chunker.next_words(cipher, min(CHUNK_VALUES, n_values - start))
 
 
-def make_federation(n_nodes: int) -> tuple[list[str], dict[str, SecaggKeyPair]]:
-    ids = [f"node-{i:02d}" for i in range(n_nodes)]
-    return ids, {node: SecaggKeyPair.generate() for node in ids}
+class BenchFederation:
+    """n nodes' round keys and seeds, and maskers that never refuse (no ledger)."""
+
+    def __init__(self, n_nodes: int) -> None:
+        self.ids = [f"node-{i:02d}" for i in range(n_nodes)]
+        self.session = new_session_id("bench", 0)
+        self.keys = {node: SecaggKeyPair.generate() for node in self.ids}
+        self.publics = {node: key.public_bytes() for node, key in self.keys.items()}
+        self.seeds = {node: os.urandom(32) for node in self.ids}
+
+    def masker(self, node: str) -> DoubleMasker:
+        return DoubleMasker(
+            session_id=self.session,
+            node_id=node,
+            self_seed=self.seeds[node],
+            mask_keys=self.keys[node],
+            peer_mask_keys=self.publics,
+            settings=SETTINGS,
+            on_masked=lambda name, shape: None,
+        )
+
+    def unmask(self, masked: dict[str, np.ndarray], dropped: list[str]) -> np.ndarray:
+        survivors = [n for n in self.ids if n not in dropped]
+        seeds = removal_seeds(
+            session_id=self.session,
+            payload="params",
+            survivor_seeds={n: self.seeds[n] for n in survivors},
+            dropped_keys={n: self.keys[n] for n in dropped},
+            mask_public_keys=self.publics,
+        )
+        shape = next(iter(masked.values())).shape
+        total = survivors_sum([masked[n] for n in survivors], seeds, shape)
+        return SETTINGS.codec.decode_sum(total)
 
 
 def bench_case(n_values: int, n_nodes: int, repeats: int) -> dict[str, float]:
-    """Time node masking, raw keystream and researcher summation for one configuration."""
-    ids, keys = make_federation(n_nodes)
-    publics = {node: key.public_bytes() for node, key in keys.items()}
-    session = new_session_id("bench", 0)
-    maskers = {node: NodeMasker(session, node, keys[node], publics, SETTINGS) for node in ids}
+    """Time masking and unmasking for one configuration, checking the sums are right."""
+    fed = BenchFederation(n_nodes)
     rng = np.random.default_rng(0)
-    values = {node: rng.uniform(-1, 1, n_values) for node in ids}
+    values = {node: rng.uniform(-1, 1, n_values) for node in fed.ids}
+    node = fed.ids[0]
+    masker = fed.masker(node)
     counter = iter(range(10**9))
-    node = ids[0]
-    mask_ms = best_ms(lambda: maskers[node].mask(f"params-{next(counter)}", values[node]), repeats)
-    raw_ms = best_ms(lambda: raw_keystream(n_values, n_nodes - 1), repeats)
-    masked = {node: maskers[node].mask("params", values[node]) for node in ids}
+    mask_ms = best_ms(lambda: masker.mask(f"params-{next(counter)}", values[node]), repeats)
+    raw_ms = best_ms(lambda: raw_keystream(n_values), repeats)
+    masked = {n: fed.masker(n).mask("params", values[n]) for n in fed.ids}
+    timings = {"mask": mask_ms, "raw": raw_ms}
+    for label, dropped in (("unmask0", []), ("unmask1", [fed.ids[-1]])):
+        timings[label] = best_ms(lambda d=dropped: fed.unmask(masked, d), repeats)  # type: ignore[misc]
+        survivors = [n for n in fed.ids if n not in dropped]
+        error = np.abs(fed.unmask(masked, dropped) - sum(values[n] for n in survivors)).max()
+        if error > SETTINGS.sum_error_bound(len(survivors)) + 1e-12:
+            raise AssertionError(f"unmasked sum is off by {error:g}, above the stated bound")
+    return timings
 
-    def researcher() -> np.ndarray:
-        secure_sum = SecureSum(session, ids, SETTINGS)
-        for node in ids:
-            secure_sum.add(node, "params", masked[node])
-        return secure_sum.result("params")
 
-    sum_ms = best_ms(researcher, repeats)
-    error = np.abs(researcher() - np.sum([values[node] for node in ids], axis=0)).max()
-    if error > SETTINGS.sum_error_bound(n_nodes) + 1e-12:
-        raise AssertionError(f"unmasked sum is off by {error:g}, above the stated bound")
-    return {"mask": mask_ms, "raw": raw_ms, "sum": sum_ms}
+def bench_shares(n_nodes: int, repeats: int) -> dict[str, float]:
+    """Share generation for one node, and reconstruction of n secrets by the researcher."""
+    threshold = SETTINGS.threshold_for(n_nodes)
+    points = list(range(1, n_nodes + 1))
+    cipher_keys = [X25519PrivateKey.generate() for _ in points]
+    publics = [SecaggKeyPair(k).public_bytes() for k in cipher_keys]
+    secrets = [os.urandom(32), os.urandom(32)]
+
+    def generate() -> None:
+        shares = share_secrets(secrets, points, threshold)
+        for peer in range(1, n_nodes):
+            seal_share(
+                (points[peer], shares[peer]),
+                own_secret=cipher_keys[0],
+                receiver_public=publics[peer],
+                session_id="bench",
+                sender="node-00",
+                receiver=f"node-{peer:02d}",
+            )
+
+    held = share_secrets(secrets, points, threshold)[:, 0, :]
+    subset = {x: held[x - 1] for x in points[:threshold]}
+
+    def rebuild() -> None:
+        for _ in range(n_nodes):
+            reconstruct(subset, threshold)
+
+    return {"share": best_ms(generate, repeats), "rebuild": best_ms(rebuild, repeats)}
 
 
 def bench_declearn(n_values: int) -> float | None:
-    """declearn 2.x MaskingEncrypter time for one node of 3 (2 peers), in ms; None if absent."""
+    """declearn's training-time SecAgg of one node of 3 (2 peers), in ms; None if absent.
+
+    This is what ``SecaggTrainReply.from_cleartext_message`` runs on a train reply's model
+    updates: ``Encrypter.encrypt_aggregate(ModelUpdates(...))``, i.e. flatten the Vector to a
+    Python list, quantize it value by value, add masks from numpy's PCG64 (not a CSPRNG).
+    """
     try:
+        from declearn.aggregator import ModelUpdates
+        from declearn.model.sklearn import NumpyVector
+
         # declearn re-exports it without __all__, which strict mypy reads as private.
         from declearn.secagg.masking import MaskingEncrypter  # type: ignore[attr-defined]
     except ImportError:
         return None
     encrypter = MaskingEncrypter([1], [2], bitsize=64, clipval=SETTINGS.clip)
-    values = np.random.default_rng(0).uniform(-1, 1, n_values)
-    return best_ms(lambda: encrypter.encrypt_numpy_array(values), 1)
+    updates = ModelUpdates(
+        updates=NumpyVector({"w": np.random.default_rng(0).uniform(-1, 1, n_values)}), weights=1
+    )
+    return best_ms(lambda: encrypter.encrypt_aggregate(updates), 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7])
     parser.add_argument("--nodes", type=int, nargs="+", default=[3, 10])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-declearn", action="store_true")
     args = parser.parse_args()
 
     print(f"SecAgg settings: clip={SETTINGS.clip:g}, fraction_bits={SETTINGS.fraction_bits}")
-    header = f"{'values':>10} {'nodes':>5} {'mask ms':>9} {'raw ks ms':>10} {'ratio':>6} {'sum+unmask ms':>14}"
-    print(header)
+    print(
+        f"{'values':>10} {'nodes':>5} {'raw ks ms':>10} {'mask ms':>9} {'x (n ks)':>9} "
+        f"{'unmask0 ms':>11} {'x (n ks)':>9} {'unmask1 ms':>11} {'x (2(n-1) ks)':>14}"
+    )
     for size in args.sizes:
         for n_nodes in args.nodes:
             row = bench_case(int(size), n_nodes, args.repeats)
+            raw = row["raw"]
             print(
-                f"{int(size):>10} {n_nodes:>5} {row['mask']:>9.2f} {row['raw']:>10.2f} "
-                f"{row['mask'] / row['raw']:>6.2f} {row['sum']:>14.2f}"
+                f"{int(size):>10} {n_nodes:>5} {raw:>10.2f} {row['mask']:>9.2f} "
+                f"{row['mask'] / (n_nodes * raw):>9.2f} {row['unmask0']:>11.2f} "
+                f"{row['unmask0'] / (n_nodes * raw):>9.2f} {row['unmask1']:>11.2f} "
+                f"{row['unmask1'] / (2 * (n_nodes - 1) * raw):>14.2f}"
             )
+    print("targets: mask <= 3x its keystreams, unmask with 1 dropout <= 5x its keystreams")
+    print(f"{'nodes':>5} {'t':>3} {'share gen ms (1 node)':>22} {'reconstruct ms (n secrets)':>27}")
+    for n_nodes in args.nodes:
+        shares = bench_shares(n_nodes, args.repeats)
+        print(
+            f"{n_nodes:>5} {SETTINGS.threshold_for(n_nodes):>3} {shares['share']:>22.2f} "
+            f"{shares['rebuild']:>27.2f}"
+        )
     if not args.no_declearn:
         theirs = bench_declearn(DECLEARN_VALUES)
         if theirs is not None:
             ours = bench_case(DECLEARN_VALUES, 3, args.repeats)["mask"]
             print(
-                f"declearn MaskingEncrypter, {DECLEARN_VALUES} values, 3 nodes: {theirs:.1f} ms "
-                f"vs fedloom {ours:.2f} ms ({theirs / ours:.0f}x faster)"
+                f"one node of 3 protecting {DECLEARN_VALUES} values for training: declearn "
+                f"encrypt_aggregate(ModelUpdates) {theirs:.0f} ms (pairwise masks from PCG64, no "
+                f"dropout recovery) vs fedloom double masking {ours:.1f} ms (AES-CTR self + "
+                f"pairwise masks): {theirs / ours:.0f}x"
             )
 
 

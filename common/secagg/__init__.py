@@ -1,58 +1,72 @@
-"""Secure aggregation: the researcher learns the sum of the nodes' vectors, not the vectors.
+"""Secure aggregation: the researcher learns sums over the surviving nodes, not one update.
 
-Protocol (one session = one attempt of one round, id from :func:`new_session_id`):
+Protocol: double masking with threshold recovery (Bonawitz et al., CCS 2017), with keys
+fresh for every session (one attempt of one round, id from :func:`new_session_id`). The
+researcher drives four phases (``researcher.secagg``); a node answers them
+(:class:`~common.secagg.participant.SecaggParticipant`, state in its home):
 
-1. Each node holds a long-term X25519 key pair in its home (:func:`load_or_create_keypair`)
-   and announces the raw public key in its ``Hello``. The researcher relays every
-   participant's key to every participant with the train request (``SecaggContext``).
-2. Node ``i`` derives, for each peer ``j`` and payload ``p``, a 16-byte seed
-   ``HKDF-SHA256(X25519(sk_i, pk_j), info = session, p, ordered ids and keys)`` and expands it
-   with AES-128-CTR into a mask ``m_ij``. It sends ``y_i = enc(x_i) + sum_{j>i} m_ij -
-   sum_{j<i} m_ij`` mod 2^64 (:class:`NodeMasker`), where ``enc`` is fixed point
-   (:class:`FixedPoint`) and ranks are node ids in code-point order.
-3. The researcher adds the ``y_i`` (:class:`SecureSum`); pairwise masks cancel and it decodes
-   the sum.
-4. Dropouts: if participants ``D`` never deliver, the researcher declares them dropped (once),
-   and each survivor ``i`` sends ``c_i = sum_{j in D} sign(i, j) m_ij``
-   (:meth:`NodeMasker.dropout_correction`), recomputed from its keys without retraining. The
-   researcher subtracts the ``c_i`` (:meth:`SecureSum.add_correction`): the masks toward ``D``
-   cancel and the survivors' exact sum remains.
+1. Advertise. Node ``i`` creates two X25519 key pairs (cipher ``c_i``, mask ``s_i``) and a
+   32-byte self-mask seed ``b_i`` for this session only, and signs ``(session, i, c_i^PK,
+   s_i^PK)`` with the private key of its TLS client certificate (:mod:`.advert`).
+2. Share. Each node receives every advert, checks that each is signed by a certificate the
+   federation CA issued to that node id, that every advertiser is one of the participants
+   it was told, and that its own keys are unchanged; then it splits ``b_i`` and ``s_i^SK``
+   ``t``-of-``n`` with Shamir (:mod:`.shamir`, GF(2^31 - 1), vectorised) and seals each
+   peer's share with AES-256-GCM under HKDF(X25519(c_i, c_j)) bound to session, sender and
+   receiver (:mod:`.share_box`). The researcher relays the sealed shares.
+3. Mask. With the train request, node ``i`` opens the shares sent to it; the senders ``U``
+   are the session's nodes. It sends ``y_i = enc(x_i) + PRG(b_i) + sum_{j in U} sign(i, j)
+   PRG(s_ij)`` mod 2^64 (:mod:`.double_masking`): fixed point (:class:`FixedPoint`),
+   AES-128-CTR keystreams, pairwise seeds from X25519(s_i, s_j) through HKDF bound to
+   session, payload and pair (:mod:`.kdf`), ``+`` toward higher node ids and ``-`` below.
+4. Unmask. The researcher names survivors ``S`` (uploads it accepted) and dropped ``D = U -
+   S``. Each survivor returns its share of ``b_v`` for every ``v`` in ``S`` and of ``s_u^SK``
+   for every ``u`` in ``D``. With ``t`` answers the researcher rebuilds them, removes the
+   self masks of ``S`` and the masks ``S`` added toward ``D``, and decodes the sum over ``S``.
 
-Threat model. The researcher is honest-but-curious: it follows the protocol, relays keys
-faithfully and may inspect everything it receives. Nodes do not collude with it. Under these
-assumptions each ``y_i`` is indistinguishable from uniform (AES-CTR keystream under a key the
-researcher cannot derive), corrections only carry masks toward nodes that sent nothing, and
-the researcher learns the sum over the survivors only. Channels are TLS, so peers see
-nothing of each other's payloads.
+Recovery works with up to ``n - t`` nodes lost at any phase (advertise, share, upload,
+unmask). ``t`` defaults to a strict majority of the round's participants, at least 2
+(``SecureAggregation(threshold=...)`` may raise it, never lower it below a majority).
 
-What a malicious researcher could do, and what we do about it:
+Threat model.
 
-- Ask a node for corrections against several dropped sets (e.g. one peer at a time) to learn
-  individual pairwise masks. Refused: a node accepts one dropped set per session
-  (:class:`CorrectionLedger`); a peer it was once told survived can never become dropped.
-- Claim every peer but the node dropped, so ``y_i - c_i = x_i``. Refused: a node gives no
-  correction leaving fewer than ``min_survivors`` (>= 2) survivors.
-- Ask a node to mask a payload twice under the same seeds (``y - y' = x - x'``). Refused: a
-  payload name is masked once per session; session ids carry a random nonce per attempt.
-- Ask for a correction for a payload the node never masked, or list the node itself or
-  strangers as dropped. Refused.
-- Accept a "dropped" node's late payload after collecting corrections: ``y_j`` plus the
-  survivors' ``c_i`` reveal ``x_j``. :class:`SecureSum` refuses such payloads, which protects
-  against accidents only; a researcher that keeps them anyway is outside the model.
-- Tell different survivors different dropped sets, substitute public keys when relaying
-  them (man in the middle), or invent participants whose keys it holds (Sybils): each can
-  reveal an individual update. Not prevented: doing so needs
-  node-to-node consistency checks with signed messages or secret-shared keys (the full
-  Bonawitz et al. 2017 protocol), which cost extra rounds of communication. We accept this
-  risk for an honest-but-curious researcher. Operators may compare key fingerprints
-  (:meth:`SecaggKeyPair.fingerprint`) out of band; a node refuses a round that relays a
-  key for itself other than its own.
+- Honest-but-curious researcher (follows the protocol, keeps and inspects everything):
+  learns the sum over the survivors, the survivor and dropped sets, and what travels in
+  clear (sample counts when parameters are not protected, metrics, clear aux-var fields).
+  Each ``y_i`` is uniform to it (the self mask alone hides ``x_i``). A dropped node's late
+  upload stays hidden: the researcher obtains that node's mask key, never its self-mask
+  seed, so ``y_u`` minus its pairwise masks is still ``enc(x_u) + PRG(b_u)``.
+- Malicious researcher (deviates, forges, replays): cannot substitute round keys or invent
+  participants, since nodes verify every advert against the federation CA and the node id
+  in the certificate and refuse the round. Shares are sealed for their receiver and bound
+  to the session. Nodes refuse any unmask request asking both kinds of share for one node,
+  a second different dropped set (remembered in the node home across restarts), fewer than
+  ``t`` survivors, a partition other than the nodes that shared, and masking after
+  revealing. Because ``t`` is a majority, two disjoint groups of survivors cannot each
+  supply ``t`` shares of a different kind for the same node. Not prevented: telling
+  different nodes different rosters (the full protocol's extra consistency round); a node
+  refuses only rosters whose threshold is below a majority of what it was told, so a
+  researcher showing a node a smaller roster shrinks that node's effective ``t``. It can
+  also drop honest nodes at will (a denial of service) and always learns the sum.
+- Colluding nodes: up to ``t - 1`` nodes, together with the researcher, learn nothing about
+  another node's update beyond what the sum and their own inputs imply: they hold fewer
+  than ``t`` shares of its secrets. ``t`` or more can rebuild its seed and key.
+- ``--insecure`` (no certificates): adverts are neither signed nor verified (the node logs
+  so once at start), so a malicious researcher can substitute keys or invent participants
+  and unmask individual updates; channels are plain text, so anyone on the path reads the
+  shares' ciphertexts and masked uploads (still masked) and can tamper with tasks.
 
-SecAgg hides individual updates from the researcher, not the aggregate: the sum (and hence
-the global model) is revealed by design, and clear-text fields (sample counts, metrics) are
-not protected.
+SecAgg hides individual updates, not the aggregate: the sum, and hence the global model, is
+revealed by design.
+
+Legacy: :class:`NodeMasker`, :class:`SecureSum` and :class:`CorrectionLedger` implement the
+earlier pairwise-only scheme (long-term keys in the node home, dropout corrections), kept
+while the round engine moves to ``researcher.secagg``. It does not survive the late-upload
+attack above and is to be removed.
 """
 
+from common.secagg.advert import NodeIdentity, verify_advert
+from common.secagg.double_masking import DoubleMasker, removal_seeds, survivors_sum
 from common.secagg.fixed_point import FixedPoint
 from common.secagg.kdf import agree, mask_seed, new_session_id
 from common.secagg.keys import SecaggKeyPair, load_or_create_keypair
@@ -65,22 +79,28 @@ from common.secagg.masking import (
     unmask_sum,
 )
 from common.secagg.node_masker import NodeMasker
+from common.secagg.participant import SecaggParticipant, share_point
 from common.secagg.secure_sum import SecureSum
 from common.secagg.settings import (
     DEFAULT_CLIP,
     DEFAULT_FRACTION_BITS,
     DEFAULT_MIN_SURVIVORS,
     SecureAggregation,
+    minimum_threshold,
 )
+from common.secagg.shamir import reconstruct, share_secrets
 
 __all__ = [
     "DEFAULT_CLIP",
     "DEFAULT_FRACTION_BITS",
     "DEFAULT_MIN_SURVIVORS",
     "CorrectionLedger",
+    "DoubleMasker",
+    "NodeIdentity",
     "FixedPoint",
     "NodeMasker",
     "SecaggKeyPair",
+    "SecaggParticipant",
     "SecureAggregation",
     "SecureSum",
     "agree",
@@ -89,7 +109,14 @@ __all__ = [
     "load_or_create_keypair",
     "mask",
     "mask_seed",
+    "minimum_threshold",
     "new_session_id",
+    "reconstruct",
+    "removal_seeds",
+    "share_point",
+    "share_secrets",
     "sum_masked",
+    "survivors_sum",
     "unmask_sum",
+    "verify_advert",
 ]

@@ -20,7 +20,7 @@ from common.secagg.kdf import agree, mask_seed, self_mask_seed
 from common.secagg.keys import SecaggKeyPair
 from common.secagg.settings import SecureAggregation
 
-__all__ = ["DoubleMasker", "removal_seeds"]
+__all__ = ["DoubleMasker", "removal_seeds", "survivors_sum"]
 
 
 def _pair_sign(me: str, peer: str) -> int:
