@@ -50,7 +50,10 @@ Threat model.
   also drop honest nodes at will (a denial of service) and always learns the sum.
 - Colluding nodes: up to ``t - 1`` nodes, together with the researcher, learn nothing about
   another node's update beyond what the sum and their own inputs imply: they hold fewer
-  than ``t`` shares of its secrets. ``t`` or more can rebuild its seed and key.
+  than ``t`` shares of its secrets. ``t`` or more can rebuild its seed and key. Privacy,
+  not integrity: a malicious node can spoil the sum (out-of-range garbage within the clip,
+  or forged shares; a forged mask-key share is caught against the advertised key, a forged
+  self-mask share yields a wrong sum).
 - ``--insecure`` (no certificates): adverts are neither signed nor verified (the node logs
   so once at start), so a malicious researcher can substitute keys or invent participants
   and unmask individual updates; channels are plain text, so anyone on the path reads the

@@ -76,7 +76,9 @@ def reconstruct(shares: Mapping[int, np.ndarray], threshold: int) -> list[bytes]
     """The secrets from ``threshold`` or more shares ``{x: (secrets, ELEMENTS) array}``.
 
     Uses the first ``threshold`` points (in x order). Raises SecaggError when there are too
-    few shares or when they are inconsistent (a reconstructed chunk outside 16 bits).
+    few shares or when they are visibly inconsistent (a reconstructed chunk outside 16 bits:
+    a random corruption escapes with probability 2^-15 per chunk; a deliberate small change
+    does not, so callers check what they can, e.g. a rebuilt key against its public key).
     """
     if len(shares) < threshold:
         raise SecaggError(
