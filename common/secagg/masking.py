@@ -121,11 +121,15 @@ def _mask_in_place(
     """Chunk by chunk: optionally encode the values into ``flat``, then add each signed mask."""
     buffer = KeystreamBuffer(flat.size)
     ciphers = [(keystream_cipher(seed), sign) for seed, sign in seeds]
+    scratch = None
+    if encode is not None:
+        work_dtype = np.float32 if encode[1].dtype == np.float32 else np.float64
+        scratch = np.empty(min(flat.size, CHUNK_VALUES), dtype=work_dtype)
     for start in range(0, flat.size, CHUNK_VALUES):
         part = flat[start : start + CHUNK_VALUES]
         if encode is not None:
             codec, values = encode
-            codec.encode_into(values[start : start + CHUNK_VALUES], part)
+            codec.encode_into(values[start : start + CHUNK_VALUES], part, scratch)
         for cipher, sign in ciphers:
             words = buffer.next_words(cipher, part.size)
             (np.add if sign > 0 else np.subtract)(part, words, out=part)
