@@ -189,3 +189,12 @@ def test_a_node_killed_after_share_distribution_leaves_the_exact_sum_of_the_othe
     result, answered = secure_round(server, kill_after_setup=victim.kill)
     assert victim.node_id not in answered
     assert_secure_matches(result, clear, [n for n in TLS_NODE_IDS if n != victim.node_id])
+
+
+def test_an_insecure_node_says_once_that_secagg_keys_are_unsigned(
+    start_node: NodeFactory, researcher_address: str
+) -> None:
+    node = start_node("plain")
+    wait_for_nodes(1)
+    assert node.wait_for_log("connected to researcher")
+    assert node.log().count("SecAgg round keys are NOT signed or verified (--insecure)") == 1
