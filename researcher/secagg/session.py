@@ -330,10 +330,10 @@ class SecureRoundSession:
         )
 
     def _ok_replies(
-        self, result: ExchangeResult, asked: Sequence[str], failures: dict[str, str], what: str
+        self, result: ExchangeResult, asked: Sequence[str], failures: dict[str, str], kind: str
     ) -> dict[str, pb.TaskReply]:
-        """Replies that succeeded and carry ``what``; every other asked node goes to failures."""
-        expected = {"advert": "advert", "shares": "shares", "unmask": "unmask"}[what]
+        """Replies that succeeded and carry ``TaskReply.secagg.<kind>``; every other asked
+        node goes to ``failures`` with the reason."""
         ok = {}
         for node in asked:
             received = result.replies.get(node)
@@ -344,8 +344,8 @@ class SecureRoundSession:
             if not reply.ok:
                 failures[node] = f"{reply.error.kind}: {reply.error.message}"
                 log.error("SecAgg: node %s refused: %s", self._label(node), failures[node])
-            elif reply.secagg.WhichOneof("kind") != expected:
-                failures[node] = f"replied without SecAgg {what}"
+            elif reply.secagg.WhichOneof("kind") != kind:
+                failures[node] = f"replied without SecAgg {kind}"
             else:
                 ok[node] = reply
         return ok
