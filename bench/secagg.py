@@ -2,7 +2,10 @@
 
 Usage: python bench/secagg.py [--sizes 1e6 1e7] [--nodes 3 10] [--repeats 3] [--no-declearn]
 
-For each vector size and node count, best of ``--repeats`` runs, in one process:
+Times are CPU time of this process (``time.process_time``), best of ``--repeats`` runs: every
+operation here is single-threaded, and on a shared machine wall time mostly measures the
+neighbours (on the 2-core development box, shared by several jobs, wall times were 2-4x the
+CPU times). For each vector size and node count, in one process:
 - raw ks: one AES-128-CTR keystream of the vector's size (the unit every column is read in);
 - mask: one node encodes and double-masks its vector (1 self + n-1 pairwise keystreams);
 - unmask 0: the researcher sums n masked vectors and removes n self masks;
@@ -38,12 +41,12 @@ DECLEARN_VALUES = 1_000_000
 
 
 def best_ms(run: Callable[[], object], repeats: int) -> float:
-    """Best wall time of ``repeats`` calls, in milliseconds."""
+    """Best CPU time of this process over ``repeats`` calls, in milliseconds."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         run()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return min(times) * 1e3
 
 

@@ -147,11 +147,18 @@ class FixedPoint:
         self.encode_into(values, out)
         return out
 
+    def scratch(self, size: int, dtype: np.dtype) -> np.ndarray:
+        """A reusable work buffer for :meth:`encode_into` of ``size`` values of ``dtype``."""
+        return np.empty(size, dtype=np.float32 if dtype == np.float32 else np.float64)
+
     def encode_into(
         self, values: np.ndarray, out: np.ndarray, scratch: np.ndarray | None = None
-    ) -> None:
-        """Encode already range-checked ``values`` into the uint64 array ``out`` of equal size.
+    ) -> bool:
+        """Encode ``values`` into the uint64 array ``out`` of equal size; False if out of range.
 
+        The range is checked on the scaled values (scaling by a power of two is exact), so a
+        chunked caller checks each chunk while it is in cache instead of reading the input
+        twice more; on False, ``out`` is unspecified and :meth:`check_range` gives the error.
         float32 input is scaled in float32: scaling by a power of two and rounding are exact
         there too, so the error bound is unchanged and a float64 copy is avoided. ``scratch``
         (flat, of the working dtype, at least ``values.size`` long) is reused across calls
@@ -163,8 +170,13 @@ class FixedPoint:
         else:
             scaled = scratch[: values.size].reshape(values.shape)
             np.multiply(values, self.scale, out=scaled, dtype=work_dtype)
+        limit = math.ldexp(self.clip, self.fraction_bits)
+        # NaN propagates through min/max and fails both comparisons.
+        if scaled.size and not (np.min(scaled) >= -limit and np.max(scaled) <= limit):
+            return False
         np.rint(scaled, out=scaled)
         np.copyto(out.reshape(values.shape).view(np.int64), scaled, casting="unsafe")
+        return True
 
     def decode_sum(self, total: np.ndarray) -> np.ndarray:
         """Decode a uint64 sum of encodings back to float64 (same shape)."""

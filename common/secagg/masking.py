@@ -106,10 +106,11 @@ def mask(
     """
     values = np.asarray(values)
     check_numeric(values, node_id=node_id, name=name)
-    codec.check_range(values, node_id=node_id, name=name)
     _check_signs(seeds)
     out = np.empty(values.shape, dtype=np.uint64)
-    _mask_in_place(out.reshape(-1), seeds, encode=(codec, values.reshape(-1)))
+    if not _mask_in_place(out.reshape(-1), seeds, encode=(codec, values.reshape(-1))):
+        codec.check_range(values, node_id=node_id, name=name)  # raises, naming the values
+        raise SecaggError(f"node {node_id!r}: payload {name!r} is outside the SecAgg range.")
     return out
 
 
@@ -117,22 +118,26 @@ def _mask_in_place(
     flat: np.ndarray,
     seeds: Sequence[SignedSeed],
     encode: tuple[FixedPoint, np.ndarray] | None = None,
-) -> None:
-    """Chunk by chunk: optionally encode the values into ``flat``, then add each signed mask."""
+) -> bool:
+    """Chunk by chunk: optionally encode the values into ``flat``, then add each signed mask.
+
+    Returns False, leaving ``flat`` unspecified, as soon as a chunk is out of range.
+    """
     buffer = KeystreamBuffer(flat.size)
     ciphers = [(keystream_cipher(seed), sign) for seed, sign in seeds]
     scratch = None
     if encode is not None:
-        work_dtype = np.float32 if encode[1].dtype == np.float32 else np.float64
-        scratch = np.empty(min(flat.size, CHUNK_VALUES), dtype=work_dtype)
+        scratch = encode[0].scratch(min(flat.size, CHUNK_VALUES), encode[1].dtype)
     for start in range(0, flat.size, CHUNK_VALUES):
         part = flat[start : start + CHUNK_VALUES]
         if encode is not None:
             codec, values = encode
-            codec.encode_into(values[start : start + CHUNK_VALUES], part, scratch)
+            if not codec.encode_into(values[start : start + CHUNK_VALUES], part, scratch):
+                return False
         for cipher, sign in ciphers:
             words = buffer.next_words(cipher, part.size)
             (np.add if sign > 0 else np.subtract)(part, words, out=part)
+    return True
 
 
 def sum_and_mask(
