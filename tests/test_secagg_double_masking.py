@@ -557,3 +557,17 @@ def test_a_refused_masked_reply_leaves_no_trace(tmp_path: Path) -> None:
     session.add_masked("b", *uploads["b"])  # the intact reply is still accepted afterwards
     session.add_masked("c", *uploads["c"])
     assert_matches_clear(fed, session.unmask(fed, remaining, TIMEOUT), remaining)
+
+
+def test_session_state_is_owner_only_and_round_keys_are_forgotten_after_unmasking(
+    tmp_path: Path,
+) -> None:
+    fed = Federation(tmp_path, ["a", "b", "c"])
+    session = unmasked_session(fed)
+    store = fed.nodes["a"].participant.store
+    path = next(store.directory.glob("*.json"))
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert store.require(session.session_id)["secrets"]["seed"]
+    session.unmask(fed, ["a", "b", "c"], TIMEOUT)
+    # A later theft of this home yields no round key, and only one share of each peer's.
+    assert store.require(session.session_id)["secrets"] == {"cipher": "", "mask": "", "seed": ""}
