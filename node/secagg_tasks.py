@@ -19,7 +19,9 @@ __all__ = ["SECAGG_TASK_KINDS", "SESSIONS_DIR", "SecaggTasks", "double_masking_s
 log = logging.getLogger(__name__)
 
 # Task kinds this module answers (oneof members of TaskRequest).
-SECAGG_TASK_KINDS = frozenset({"secagg_advertise", "secagg_share", "secagg_unmask"})
+SECAGG_TASK_KINDS = frozenset(
+    {"secagg_advertise", "secagg_share", "secagg_consistency", "secagg_unmask"}
+)
 # Directory of the node home holding one state file per SecAgg session.
 SESSIONS_DIR = "secagg_sessions"
 
@@ -37,6 +39,10 @@ class SecaggTasks:
             answer = pb.SecaggReply(advert=self.participant.advertise(task.secagg_advertise))
         elif kind == "secagg_share":
             answer = pb.SecaggReply(shares=self.participant.distribute_shares(task.secagg_share))
+        elif kind == "secagg_consistency":
+            answer = pb.SecaggReply(
+                consistency=self.participant.sign_survivors(task.secagg_consistency)
+            )
         elif kind == "secagg_unmask":
             answer = pb.SecaggReply(unmask=self.participant.unmask(task.secagg_unmask))
         else:

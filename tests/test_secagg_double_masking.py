@@ -466,6 +466,56 @@ def unmasked_session(fed: Federation) -> SecureRoundSession:
     return session
 
 
+def signed_unmask_request(
+    fed: Federation,
+    session: SecureRoundSession,
+    survivors: list[str],
+    dropped: list[str],
+    signers: list[str] | None = None,
+) -> pb.SecaggUnmaskRequest:
+    """An unmask request carrying ``signers``' (default: the survivors') signatures over
+    ``survivors``; a node that already signed another set refuses and is left out."""
+    check = pb.SecaggConsistencyRequest(session_id=session.session_id, survivors=survivors)
+    signatures = []
+    for node in signers if signers is not None else survivors:
+        try:
+            reply = fed.nodes[node].run(pb.TaskRequest(secagg_consistency=check))
+        except SecaggError:
+            continue
+        signatures.append(reply.secagg.consistency)
+    return pb.SecaggUnmaskRequest(
+        session_id=session.session_id, survivors=survivors, dropped=dropped, signatures=signatures
+    )
+
+
+def test_survivors_shown_different_survivor_sets_refuse_to_unmask(tmp_path: Path) -> None:
+    """The researcher tells "a" that everyone survived (to get self-mask shares) and the others
+    that "a" dropped (to get a's mask key): with fewer than t signatures on either story,
+    the node told the minority story refuses."""
+    fed = Federation(tmp_path, ["a", "b", "c", "d", "e"])
+    session = unmasked_session(fed)
+    everyone = ["a", "b", "c", "d", "e"]
+    without_a = ["b", "c", "d", "e"]
+    for_others = signed_unmask_request(fed, session, without_a, ["a"])
+    for_a = signed_unmask_request(fed, session, everyone, [], signers=["a"])
+    assert len(for_others.signatures) == 4 and len(for_a.signatures) == 1
+    with pytest.raises(SecaggError, match="only 1 survivor"):
+        fed.nodes["a"].run(pb.TaskRequest(secagg_unmask=for_a))
+    # Nor can it borrow the others' signatures: they signed another set.
+    for_a.signatures.extend(for_others.signatures)
+    with pytest.raises(SecaggError, match="do not match their signature"):
+        fed.nodes["a"].run(pb.TaskRequest(secagg_unmask=for_a))
+    # A node refuses to sign a second survivor set.
+    with pytest.raises(SecaggError, match="already signed survivors"):
+        fed.nodes["b"].run(
+            pb.TaskRequest(
+                secagg_consistency=pb.SecaggConsistencyRequest(
+                    session_id=session.session_id, survivors=everyone
+                )
+            )
+        )
+
+
 def test_a_request_for_both_kinds_of_share_for_one_node_is_refused(tmp_path: Path) -> None:
     fed = Federation(tmp_path, ["a", "b", "c", "d"])
     session = unmasked_session(fed)
@@ -483,9 +533,7 @@ def test_a_second_different_dropped_set_is_refused_even_after_a_restart(tmp_path
     session = unmasked_session(fed)
 
     def ask(survivors: list[str], dropped: list[str]) -> pb.TaskReply:
-        request = pb.SecaggUnmaskRequest(
-            session_id=session.session_id, survivors=survivors, dropped=dropped
-        )
+        request = signed_unmask_request(fed, session, survivors, dropped)
         restarted = SecaggTasks("a", tmp_path / "homes" / "a", fed.identity("a"))
         return restarted.run(pb.TaskRequest(secagg_unmask=request))
 
@@ -508,7 +556,7 @@ def test_an_unmask_request_naming_strangers_or_few_survivors_is_refused(tmp_path
             )
         )
 
-    with pytest.raises(SecaggError, match="do not partition"):
+    with pytest.raises(SecaggError, match=r"name \['x'\], which did not share secrets"):
         node.run(request(["a", "b", "c", "d", "x"], []))
     with pytest.raises(SecaggError, match="fewer than the threshold"):
         node.run(request(["a", "b"], ["c", "d"]))

@@ -644,29 +644,89 @@ class SecaggShareRequest(_message.Message):
 Global___SecaggShareRequest: _TypeAlias = SecaggShareRequest  # noqa: Y015
 
 @_typing.final
+class SecaggConsistencyRequest(_message.Message):
+    """Phase 4: consistency check. A survivor signs the survivor set, once per session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SURVIVORS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    @_builtins.property
+    def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        survivors: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "survivors", b"survivors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecaggConsistencyRequest: _TypeAlias = SecaggConsistencyRequest  # noqa: Y015
+
+@_typing.final
+class SecaggSurvivorSignature(_message.Message):
+    """A node's signature over (session, sorted survivors), by its TLS certificate's key;
+    certificate and signature are empty under --insecure.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    certificate: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        certificate: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "node_id", b"node_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecaggSurvivorSignature: _TypeAlias = SecaggSurvivorSignature  # noqa: Y015
+
+@_typing.final
 class SecaggUnmaskRequest(_message.Message):
-    """Phase 4: self-mask shares for `survivors`, mask-key shares for `dropped`."""
+    """Phase 5: self-mask shares for `survivors`, mask-key shares for `dropped`; `signatures`
+    are the survivors' phase-4 signatures over this very survivor set (at least t).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SURVIVORS_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     @_builtins.property
     def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def dropped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecaggSurvivorSignature]: ...
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         survivors: _abc.Iterable[_builtins.str] | None = ...,
         dropped: _abc.Iterable[_builtins.str] | None = ...,
+        signatures: _abc.Iterable[Global___SecaggSurvivorSignature] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "session_id", b"session_id", "survivors", b"survivors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "session_id", b"session_id", "signatures", b"signatures", "survivors", b"survivors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -753,24 +813,28 @@ class SecaggReply(_message.Message):
     ADVERT_FIELD_NUMBER: _builtins.int
     SHARES_FIELD_NUMBER: _builtins.int
     UNMASK_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def advert(self) -> Global___SecaggKeyAdvert: ...
     @_builtins.property
     def shares(self) -> Global___SecaggShares: ...
     @_builtins.property
     def unmask(self) -> Global___SecaggUnmaskShares: ...
+    @_builtins.property
+    def consistency(self) -> Global___SecaggSurvivorSignature: ...
     def __init__(
         self,
         *,
         advert: Global___SecaggKeyAdvert | None = ...,
         shares: Global___SecaggShares | None = ...,
         unmask: Global___SecaggUnmaskShares | None = ...,
+        consistency: Global___SecaggSurvivorSignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["advert", b"advert", "kind", b"kind", "shares", b"shares", "unmask", b"unmask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advert", b"advert", "consistency", b"consistency", "kind", b"kind", "shares", b"shares", "unmask", b"unmask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advert", b"advert", "kind", b"kind", "shares", b"shares", "unmask", b"unmask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advert", b"advert", "consistency", b"consistency", "kind", b"kind", "shares", b"shares", "unmask", b"unmask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["advert", "shares", "unmask"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["advert", "shares", "unmask", "consistency"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -990,6 +1054,7 @@ class TaskRequest(_message.Message):
     SECAGG_ADVERTISE_FIELD_NUMBER: _builtins.int
     SECAGG_SHARE_FIELD_NUMBER: _builtins.int
     SECAGG_UNMASK_FIELD_NUMBER: _builtins.int
+    SECAGG_CONSISTENCY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     experiment_id: _builtins.str
     round: _builtins.int
@@ -1004,6 +1069,8 @@ class TaskRequest(_message.Message):
     def secagg_share(self) -> Global___SecaggShareRequest: ...
     @_builtins.property
     def secagg_unmask(self) -> Global___SecaggUnmaskRequest: ...
+    @_builtins.property
+    def secagg_consistency(self) -> Global___SecaggConsistencyRequest: ...
     def __init__(
         self,
         *,
@@ -1016,12 +1083,13 @@ class TaskRequest(_message.Message):
         secagg_advertise: Global___SecaggAdvertiseRequest | None = ...,
         secagg_share: Global___SecaggShareRequest | None = ...,
         secagg_unmask: Global___SecaggUnmaskRequest | None = ...,
+        secagg_consistency: Global___SecaggConsistencyRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "secagg_advertise", b"secagg_advertise", "secagg_correction", b"secagg_correction", "secagg_share", b"secagg_share", "secagg_unmask", b"secagg_unmask", "train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "secagg_advertise", b"secagg_advertise", "secagg_consistency", b"secagg_consistency", "secagg_correction", b"secagg_correction", "secagg_share", b"secagg_share", "secagg_unmask", b"secagg_unmask", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "kind", b"kind", "round", b"round", "secagg_advertise", b"secagg_advertise", "secagg_correction", b"secagg_correction", "secagg_share", b"secagg_share", "secagg_unmask", b"secagg_unmask", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "kind", b"kind", "round", b"round", "secagg_advertise", b"secagg_advertise", "secagg_consistency", b"secagg_consistency", "secagg_correction", b"secagg_correction", "secagg_share", b"secagg_share", "secagg_unmask", b"secagg_unmask", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["train", "secagg_correction", "secagg_advertise", "secagg_share", "secagg_unmask"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["train", "secagg_correction", "secagg_advertise", "secagg_share", "secagg_unmask", "secagg_consistency"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -19,9 +19,11 @@ researcher drives four phases (``researcher.secagg``); a node answers them
    PRG(s_ij)`` mod 2^64 (:mod:`.double_masking`): fixed point (:class:`FixedPoint`),
    AES-128-CTR keystreams, pairwise seeds from X25519(s_i, s_j) through HKDF bound to
    session, payload and pair (:mod:`.kdf`), ``+`` toward higher node ids and ``-`` below.
-4. Unmask. The researcher names survivors ``S`` (uploads it accepted) and dropped ``D = U -
-   S``. Each survivor returns its share of ``b_v`` for every ``v`` in ``S`` and of ``s_u^SK``
-   for every ``u`` in ``D``. With ``t`` answers the researcher rebuilds them, removes the
+4. Consistency check. The researcher names survivors ``S`` (uploads it accepted); each
+   survivor signs ``(session, S)`` with its certificate key, once per session.
+5. Unmask. Shown at least ``t`` survivors' signatures over that same ``S``, each survivor
+   returns its share of ``b_v`` for every ``v`` in ``S`` and of ``s_u^SK`` for every ``u`` in
+   the dropped set ``D = U - S``. With ``t`` answers the researcher rebuilds them, removes the
    self masks of ``S`` and the masks ``S`` added toward ``D``, and decodes the sum over ``S``.
 
 Recovery works with up to ``n - t`` nodes lost at any phase (advertise, share, upload,
@@ -42,12 +44,13 @@ Threat model.
   to the session. Nodes refuse any unmask request asking both kinds of share for one node,
   a second different dropped set (remembered in the node home across restarts), fewer than
   ``t`` survivors, a partition other than the nodes that shared, and masking after
-  revealing. Because ``t`` is a majority, two disjoint groups of survivors cannot each
-  supply ``t`` shares of a different kind for the same node. Not prevented: telling
-  different nodes different rosters (the full protocol's extra consistency round); a node
-  refuses only rosters whose threshold is below a majority of what it was told, so a
-  researcher showing a node a smaller roster shrinks that node's effective ``t``. It can
-  also drop honest nodes at will (a denial of service) and always learns the sum.
+  revealing. Each survivor signs one survivor set per session and reveals nothing without
+  ``t`` signatures over the set it is shown, so the researcher cannot tell one node "you all
+  survived" and the others "it dropped" (each story needs ``t`` signers, ``2t > n``). Not
+  covered: the roster itself is not signed, so a researcher may show a node a smaller
+  roster at the advertise phase (the node still requires a majority of what it is shown);
+  the argument above assumes one roster, as the paper's does. It can also drop honest nodes
+  at will (a denial of service) and always learns the sum.
 - Colluding nodes: up to ``t - 1`` nodes, together with the researcher, learn nothing about
   another node's update beyond what the sum and their own inputs imply: they hold fewer
   than ``t`` shares of its secrets. ``t`` or more can rebuild its seed and key. Privacy,

@@ -1,11 +1,12 @@
-"""Signed key advertisements: a node's round keys, vouched for by its TLS client certificate.
+"""Node statements signed with TLS client certificates: round-key adverts, survivor sets.
 
-A node signs ``(session id, node id, cipher public key, mask public key)`` with the private
-key of the client certificate the federation's CA issued to it. A peer accepts the advert
-only if the certificate was issued directly by that CA, is valid now, names the advertised
-node id (SAN URI or CN, as :func:`common.tls.node_id_from_certificate` reads it) and the
-signature verifies. A researcher relaying the adverts can then neither substitute keys nor
-invent participants: it holds no node's certificate key.
+A node signs ``(session id, node id, cipher public key, mask public key)``, and later the
+session's survivor set, with the private key of the client certificate the federation's CA
+issued to it. A peer accepts a statement only if the certificate was issued directly by that
+CA, is valid now, names the node id in question (SAN URI or CN, as
+:func:`common.tls.node_id_from_certificate` reads it) and the signature verifies. A researcher
+relaying them can then neither substitute keys, invent participants, nor show nodes different
+survivor sets: it holds no node's certificate key.
 """
 
 from __future__ import annotations
@@ -28,9 +29,16 @@ from common.proto import fedloom_pb2 as pb
 from common.secagg.kdf import length_prefixed
 from common.tls import node_id_from_certificate
 
-__all__ = ["NodeIdentity", "advert_message", "verify_advert"]
+__all__ = [
+    "NodeIdentity",
+    "advert_message",
+    "survivors_message",
+    "verify_advert",
+    "verify_survivor_signature",
+]
 
 _LABEL = b"fedloom/secagg/key-advert/v1"
+_SURVIVORS_LABEL = b"fedloom/secagg/survivors/v1"
 
 
 def advert_message(advert: pb.SecaggKeyAdvert) -> bytes:
@@ -43,6 +51,13 @@ def advert_message(advert: pb.SecaggKeyAdvert) -> bytes:
             bytes(advert.cipher_public_key),
             bytes(advert.mask_public_key),
         )
+    )
+
+
+def survivors_message(session_id: str, survivors: list[str]) -> bytes:
+    """The bytes a survivor signs in the consistency check: session, then sorted node ids."""
+    return _SURVIVORS_LABEL + b"".join(
+        length_prefixed(field.encode()) for field in (session_id, *sorted(survivors))
     )
 
 
@@ -80,19 +95,29 @@ class NodeIdentity:
                 f"of node {self.node_id!r}."
             )
         advert.certificate = self.certificate_pem
-        message = advert_message(advert)
+        advert.signature = self.sign_bytes(advert_message(advert))
+
+    def sign_survivors(self, session_id: str, survivors: list[str]) -> pb.SecaggSurvivorSignature:
+        """This node's signature over a session's survivor set."""
+        return pb.SecaggSurvivorSignature(
+            node_id=self.node_id,
+            certificate=self.certificate_pem,
+            signature=self.sign_bytes(survivors_message(session_id, survivors)),
+        )
+
+    def sign_bytes(self, message: bytes) -> bytes:
+        """Sign ``message`` with the certificate's private key (ECDSA, RSA-PSS or EdDSA)."""
         key = self.private_key
         if isinstance(key, ec.EllipticCurvePrivateKey):
-            advert.signature = key.sign(message, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(key, rsa.RSAPrivateKey):
-            advert.signature = key.sign(message, _pss(), hashes.SHA256())
-        elif isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
-            advert.signature = key.sign(message)
-        else:
-            raise ConfigurationError(
-                f"SecAgg cannot sign with a {type(key).__name__} certificate key: use an EC, "
-                "RSA or EdDSA key (`fedloom certs` issues P-256)."
-            )
+            return key.sign(message, ec.ECDSA(hashes.SHA256()))
+        if isinstance(key, rsa.RSAPrivateKey):
+            return key.sign(message, _pss(), hashes.SHA256())
+        if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+            return key.sign(message)
+        raise ConfigurationError(
+            f"SecAgg cannot sign with a {type(key).__name__} certificate key: use an EC, "
+            "RSA or EdDSA key (`fedloom certs` issues P-256)."
+        )
 
 
 def verify_advert(
@@ -103,14 +128,51 @@ def verify_advert(
 ) -> None:
     """Raise SecaggError naming the node unless its advert is signed by a certificate the
     federation CA issued to that very node id."""
-    who = f"the round keys advertised for node {advert.node_id!r}"
-    if not advert.certificate or not advert.signature:
+    _verify_statement(
+        f"the round keys advertised for node {advert.node_id!r}",
+        advert.node_id,
+        bytes(advert.certificate),
+        bytes(advert.signature),
+        advert_message(advert),
+        ca_certificates,
+        now,
+    )
+
+
+def verify_survivor_signature(
+    signature: pb.SecaggSurvivorSignature,
+    session_id: str,
+    survivors: list[str],
+    ca_certificates: tuple[x509.Certificate, ...],
+) -> None:
+    """Raise SecaggError unless ``signature`` is its node's signature over ``survivors``."""
+    _verify_statement(
+        f"the survivor set signed for node {signature.node_id!r}",
+        signature.node_id,
+        bytes(signature.certificate),
+        bytes(signature.signature),
+        survivors_message(session_id, survivors),
+        ca_certificates,
+        None,
+    )
+
+
+def _verify_statement(
+    who: str,
+    node_id: str,
+    certificate: bytes,
+    signature: bytes,
+    message: bytes,
+    ca_certificates: tuple[x509.Certificate, ...],
+    now: datetime.datetime | None,
+) -> None:
+    if not certificate or not signature:
         raise SecaggError(
             f"{who} are unsigned: a researcher may have substituted them. Refusing the round "
             "(every node must run with TLS certificates, or all with --insecure)."
         )
     try:
-        cert = x509.load_pem_x509_certificate(bytes(advert.certificate))
+        cert = x509.load_pem_x509_certificate(certificate)
     except ValueError as err:
         raise SecaggError(f"{who} carry an unreadable certificate ({err}).") from err
     if not any(_issued_by(cert, ca) for ca in ca_certificates):
@@ -125,17 +187,16 @@ def verify_advert(
         named = node_id_from_certificate(cert)
     except ConfigurationError as err:
         raise SecaggError(f"{who}: {err}") from err
-    if named != advert.node_id:
+    if named != node_id:
         raise SecaggError(
             f"{who} are signed by the certificate of node {named!r}: one node posing as "
             "another. Refusing the round."
         )
     try:
-        _verify_signature(cert.public_key(), bytes(advert.signature), advert_message(advert))
+        _verify_signature(cert.public_key(), signature, message)
     except InvalidSignature as err:
         raise SecaggError(
-            f"{who} do not match their signature: the keys were substituted in transit. "
-            "Refusing the round."
+            f"{who} do not match their signature: they were altered in transit. Refusing the round."
         ) from err
 
 

@@ -7,8 +7,11 @@
    advertisers, each share sealed for its receiver.
 3. :meth:`SecaggParticipant.masker`: open the shares received with the train request, then
    mask (self mask plus pairwise masks toward every node that shared) once per payload.
-4. :meth:`SecaggParticipant.unmask`: self-mask shares for survivors, mask-key shares for
-   dropped nodes; never both kinds for one node, and one dropped set per session.
+4. :meth:`SecaggParticipant.sign_survivors`: sign the survivor set, once per session
+   (the consistency check: survivors prove to each other that they were all told the same).
+5. :meth:`SecaggParticipant.unmask`: with at least ``t`` survivors' signatures over the same
+   set, self-mask shares for survivors and mask-key shares for dropped nodes; never both
+   kinds for one node, and one dropped set per session.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.errors import SecaggError
 from common.proto import fedloom_pb2 as pb
-from common.secagg.advert import NodeIdentity, verify_advert
+from common.secagg.advert import NodeIdentity, verify_advert, verify_survivor_signature
 from common.secagg.double_masking import DoubleMasker
 from common.secagg.keys import SecaggKeyPair
 from common.secagg.session_store import SessionStore
@@ -322,6 +325,26 @@ class SecaggParticipant:
         self.store.save(state)
 
     # -- phase 4 ---------------------------------------------------------------------------
+    def sign_survivors(self, request: pb.SecaggConsistencyRequest) -> pb.SecaggSurvivorSignature:
+        """Sign the session's survivor set; the same set only, however often asked."""
+        session_id = request.session_id
+        state = self.store.require(session_id)
+        survivors = sorted(request.survivors)
+        self._check_survivors(state, session_id, survivors)
+        signed = state.get("signed_survivors")
+        if signed is not None and signed != survivors:
+            raise SecaggError(
+                f"SecAgg session {session_id!r}: this node already signed survivors {signed}; "
+                f"refusing to sign another set {survivors}."
+            )
+        if signed is None:
+            state["signed_survivors"] = survivors
+            self.store.save(state)
+        if self.identity is None:
+            return pb.SecaggSurvivorSignature(node_id=self.node_id)
+        return self.identity.sign_survivors(session_id, survivors)
+
+    # -- phase 5 ---------------------------------------------------------------------------
     def unmask(self, request: pb.SecaggUnmaskRequest) -> pb.SecaggUnmaskShares:
         """Self-mask shares of the survivors and mask-key shares of the dropped nodes."""
         session_id = request.session_id
@@ -335,27 +358,12 @@ class SecaggParticipant:
             )
         if len(set(survivors)) != len(survivors) or len(set(dropped)) != len(dropped):
             raise SecaggError(f"SecAgg session {session_id!r}: the unmask request repeats a node.")
-        maskers = state.get("maskers")
-        if maskers is None:
-            raise SecaggError(
-                f"SecAgg session {session_id!r}: this node never received the shares of a train "
-                "request, so it holds nothing to unmask with."
-            )
+        maskers = self._check_survivors(state, session_id, sorted(survivors))
         if sorted(survivors + dropped) != maskers:
             raise SecaggError(
                 f"SecAgg session {session_id!r}: survivors {sorted(survivors)} and dropped "
                 f"{sorted(dropped)} do not partition the nodes that shared secrets {maskers}. "
                 "Refusing."
-            )
-        if self.node_id not in survivors:
-            raise SecaggError(
-                f"SecAgg session {session_id!r}: this node is asked to unmask but is not listed "
-                "as a survivor; refusing."
-            )
-        if len(survivors) < state["threshold"]:
-            raise SecaggError(
-                f"SecAgg session {session_id!r}: {len(survivors)} survivor(s), fewer than the "
-                f"threshold {state['threshold']}; refusing to reveal a sum over so few nodes."
             )
         wanted = {"survivors": sorted(survivors), "dropped": sorted(dropped)}
         if state["revealed"] is not None and state["revealed"] != wanted:
@@ -364,6 +372,13 @@ class SecaggParticipant:
                 f"{state['revealed']['dropped']} dropped, now {wanted['dropped']}; refusing a "
                 "second, different dropped set (both answers together would unmask a node)."
             )
+        if state.get("signed_survivors") != wanted["survivors"]:
+            raise SecaggError(
+                f"SecAgg session {session_id!r}: this node signed survivors "
+                f"{state.get('signed_survivors')}, the unmask request names {wanted['survivors']}; "
+                "refusing."
+            )
+        self._check_signatures(state, request)
         if state["revealed"] is None:
             state["revealed"] = wanted
             # The round keys are no longer needed: forget them, so a later leak of the node
@@ -380,6 +395,54 @@ class SecaggParticipant:
         for node in sorted(dropped):
             reply.mask_key.add(owner=node, x=received[node]["x"], y=received[node]["y"][_KEY])
         return reply
+
+    def _check_survivors(
+        self, state: dict[str, Any], session_id: str, survivors: list[str]
+    ) -> list[str]:
+        """Refuse a survivor set this node cannot vouch for; returns the session's maskers."""
+        maskers: list[str] | None = state.get("maskers")
+        if maskers is None:
+            raise SecaggError(
+                f"SecAgg session {session_id!r}: this node never received the shares of a train "
+                "request, so it holds nothing to unmask with."
+            )
+        strangers = sorted(set(survivors) - set(maskers))
+        if strangers or len(set(survivors)) != len(survivors):
+            raise SecaggError(
+                f"SecAgg session {session_id!r}: survivors {survivors} repeat nodes or name "
+                f"{strangers}, which did not share secrets ({maskers}). Refusing."
+            )
+        if self.node_id not in survivors:
+            raise SecaggError(
+                f"SecAgg session {session_id!r}: this node is asked to vouch for survivors "
+                f"{survivors} that do not include it; refusing."
+            )
+        if len(survivors) < state["threshold"]:
+            raise SecaggError(
+                f"SecAgg session {session_id!r}: {len(survivors)} survivor(s), fewer than the "
+                f"threshold {state['threshold']}; refusing to reveal a sum over so few nodes."
+            )
+        return maskers
+
+    def _check_signatures(self, state: dict[str, Any], request: pb.SecaggUnmaskRequest) -> None:
+        """At least t survivors must have signed this very survivor set (consistency check)."""
+        if self.identity is None:
+            return
+        survivors = sorted(request.survivors)
+        signers = set()
+        for signature in request.signatures:
+            if signature.node_id in survivors and signature.node_id not in signers:
+                verify_survivor_signature(
+                    signature, request.session_id, survivors, self.identity.ca_certificates
+                )
+                signers.add(signature.node_id)
+        if len(signers) < state["threshold"]:
+            raise SecaggError(
+                f"SecAgg session {request.session_id!r}: only {len(signers)} survivor(s) "
+                f"({sorted(signers)}) signed the survivor set {survivors}, fewer than the "
+                f"threshold {state['threshold']}: the researcher may be showing nodes different "
+                "survivor sets. Refusing."
+            )
 
     # -- checks ----------------------------------------------------------------------------
     def _check_roster(self, session_id: str, participants: list[str], threshold: int) -> None:

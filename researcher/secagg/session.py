@@ -6,9 +6,10 @@ Phases, each a task per node through the engine's :class:`TaskExchange`:
    round goes on while at least ``t`` remain.
 2. ``train_context``: each remaining node's train request carries the shares sealed for it.
 3. ``add_masked``: masked replies are validated whole and kept (views, no copy).
-4. ``unmask``: the survivors (nodes the engine accepted) return self-mask shares of the
-   survivors and mask-key shares of the dropped nodes; the driver rebuilds those secrets,
-   sums the survivors' uploads and removes every mask in one chunked pass per payload.
+4. ``unmask``: the survivors (nodes the engine accepted) sign the survivor set (consistency
+   check), then, shown each other's signatures, return self-mask shares of the survivors and
+   mask-key shares of the dropped nodes; the driver rebuilds those secrets, sums the
+   survivors' uploads and removes every mask in one chunked pass per payload.
 The researcher learns the survivors' sums; see common/secagg/__init__.py for the threat model.
 """
 
@@ -215,14 +216,25 @@ class SecureRoundSession:
         )
         self._require_threshold(survivors, missing, "unmasking")
         self._unmasked = True
-        request = pb.SecaggUnmaskRequest(
-            session_id=self.session_id, survivors=survivors, dropped=dropped
-        )
+        # Consistency check: survivors sign the survivor set; each then sees >= t signatures.
+        check = pb.SecaggConsistencyRequest(session_id=self.session_id, survivors=survivors)
         result = exchange.run_tasks(
-            {node: self._task(timeout, secagg_unmask=request) for node in survivors}, timeout
+            {node: self._task(timeout, secagg_consistency=check) for node in survivors}, timeout
         )
         failures = dict(result.failures)
-        replies = self._ok_replies(result, survivors, failures, "unmask")
+        signed = self._ok_replies(result, survivors, failures, "consistency")
+        self._require_threshold(list(signed), {**missing, **failures}, "signing the survivors")
+        request = pb.SecaggUnmaskRequest(
+            session_id=self.session_id,
+            survivors=survivors,
+            dropped=dropped,
+            signatures=[reply.secagg.consistency for reply in signed.values()],
+        )
+        result = exchange.run_tasks(
+            {node: self._task(timeout, secagg_unmask=request) for node in signed}, timeout
+        )
+        failures.update(result.failures)
+        replies = self._ok_replies(result, list(signed), failures, "unmask")
         self._require_threshold(list(replies), {**missing, **failures}, "answering the unmask")
         seeds, dropped_keys = self._rebuild_secrets(replies, survivors, dropped)
         if dropped:
