@@ -532,6 +532,8 @@ class SecaggKeyAdvert(_message.Message):
     MASK_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     node_id: _builtins.str
     cipher_public_key: _builtins.bytes
@@ -541,7 +543,13 @@ class SecaggKeyAdvert(_message.Message):
     certificate: _builtins.bytes
     """PEM client certificate of node_id; empty under --insecure"""
     signature: _builtins.bytes
-    """over session, node id and both keys"""
+    """over session, node id, both keys, roster and threshold"""
+    threshold: _builtins.int
+    """and the threshold"""
+    @_builtins.property
+    def participants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the roster this node was told (sorted)"""
+
     def __init__(
         self,
         *,
@@ -551,10 +559,12 @@ class SecaggKeyAdvert(_message.Message):
         mask_public_key: _builtins.bytes = ...,
         certificate: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        participants: _abc.Iterable[_builtins.str] | None = ...,
+        threshold: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "cipher_public_key", b"cipher_public_key", "mask_public_key", b"mask_public_key", "node_id", b"node_id", "session_id", b"session_id", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "cipher_public_key", b"cipher_public_key", "mask_public_key", b"mask_public_key", "node_id", b"node_id", "participants", b"participants", "session_id", b"session_id", "signature", b"signature", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,10 +7,10 @@ researcher drives four phases (``researcher.secagg``); a node answers them
 
 1. Advertise. Node ``i`` creates two X25519 key pairs (cipher ``c_i``, mask ``s_i``) and a
    32-byte self-mask seed ``b_i`` for this session only, and signs ``(session, i, c_i^PK,
-   s_i^PK)`` with the private key of its TLS client certificate (:mod:`.advert`).
+   s_i^PK, t, roster)`` with the private key of its TLS client certificate (:mod:`.advert`).
 2. Share. Each node receives every advert, checks that each is signed by a certificate the
    federation CA issued to that node id, that every advertiser is one of the participants
-   it was told, and that its own keys are unchanged; then it splits ``b_i`` and ``s_i^SK``
+   it was told and was told the same roster and ``t``, and that its own keys are unchanged; then it splits ``b_i`` and ``s_i^SK``
    ``t``-of-``n`` with Shamir (:mod:`.shamir`, GF(2^31 - 1), vectorised) and seals each
    peer's share with AES-256-GCM under HKDF(X25519(c_i, c_j)) bound to session, sender and
    receiver (:mod:`.share_box`). The researcher relays the sealed shares.
@@ -46,11 +46,12 @@ Threat model.
   ``t`` survivors, a partition other than the nodes that shared, and masking after
   revealing. Each survivor signs one survivor set per session and reveals nothing without
   ``t`` signatures over the set it is shown, so the researcher cannot tell one node "you all
-  survived" and the others "it dropped" (each story needs ``t`` signers, ``2t > n``). Not
-  covered: the roster itself is not signed, so a researcher may show a node a smaller
-  roster at the advertise phase (the node still requires a majority of what it is shown);
-  the argument above assumes one roster, as the paper's does. It can also drop honest nodes
-  at will (a denial of service) and always learns the sum.
+  survived" and the others "it dropped" (each story needs ``t`` signers, ``2t > n``). Nor can it
+  show nodes different rosters or thresholds: each advert signs the roster and threshold its
+  node was told, and peers refuse adverts that differ from theirs. What remains: it chooses
+  who takes part (splitting nodes into separate small rounds yields sums over as few as 2
+  nodes, as an honest selection of 2 would), it can drop honest nodes at will (a denial of
+  service), and it always learns the sum.
 - Colluding nodes: up to ``t - 1`` nodes, together with the researcher, learn nothing about
   another node's update beyond what the sum and their own inputs imply: they hold fewer
   than ``t`` shares of its secrets. ``t`` or more can rebuild its seed and key. Privacy,

@@ -1,7 +1,7 @@
 """Node statements signed with TLS client certificates: round-key adverts, survivor sets.
 
-A node signs ``(session id, node id, cipher public key, mask public key)``, and later the
-session's survivor set, with the private key of the client certificate the federation's CA
+A node signs ``(session id, node id, cipher public key, mask public key, threshold, roster)``,
+and later the session's survivor set, with the private key of the client certificate the federation's CA
 issued to it. A peer accepts a statement only if the certificate was issued directly by that
 CA, is valid now, names the node id in question (SAN URI or CN, as
 :func:`common.tls.node_id_from_certificate` reads it) and the signature verifies. A researcher
@@ -42,7 +42,8 @@ _SURVIVORS_LABEL = b"fedloom/secagg/survivors/v1"
 
 
 def advert_message(advert: pb.SecaggKeyAdvert) -> bytes:
-    """The bytes a node signs: label, then session, node id and both keys, length-prefixed."""
+    """The bytes a node signs: label, then session, node id, both keys, threshold and the
+    sorted roster, length-prefixed."""
     return _LABEL + b"".join(
         length_prefixed(field)
         for field in (
@@ -50,6 +51,8 @@ def advert_message(advert: pb.SecaggKeyAdvert) -> bytes:
             advert.node_id.encode(),
             bytes(advert.cipher_public_key),
             bytes(advert.mask_public_key),
+            str(advert.threshold).encode(),
+            *(node.encode() for node in sorted(advert.participants)),
         )
     )
 

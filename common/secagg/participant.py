@@ -1,9 +1,10 @@
 """The node side of double-masking SecAgg: four phases, each refusing what would leak.
 
 1. :meth:`SecaggParticipant.advertise`: fresh X25519 cipher and mask keys and a 32-byte
-   self-mask seed for this session only, keys signed with the node's certificate key.
+   self-mask seed for this session only; keys, roster and threshold signed with the node's
+   certificate key.
 2. :meth:`SecaggParticipant.distribute_shares`: verify every advert (signature, CA, node id,
-   participants, own keys unchanged), then Shamir-share the seed and the mask key among the
+   same roster and threshold, own keys unchanged), then Shamir-share the seed and the mask key among the
    advertisers, each share sealed for its receiver.
 3. :meth:`SecaggParticipant.masker`: open the shares received with the train request, then
    mask (self mask plus pairwise masks toward every node that shared) once per payload.
@@ -96,6 +97,8 @@ class SecaggParticipant:
             node_id=self.node_id,
             cipher_public_key=_raw_public(cipher_key),
             mask_public_key=_raw_public(mask_key),
+            participants=participants,
+            threshold=int(request.threshold),
         )
         if self.identity is not None:
             self.identity.sign(advert)
@@ -192,6 +195,16 @@ class SecaggParticipant:
             if advert.node_id in adverts:
                 raise SecaggError(
                     f"the researcher relayed two adverts for node {advert.node_id!r}; refusing."
+                )
+            if (
+                sorted(advert.participants) != state["participants"]
+                or advert.threshold != state["threshold"]
+            ):
+                raise SecaggError(
+                    f"node {advert.node_id!r} was told participants {sorted(advert.participants)} "
+                    f"and threshold {advert.threshold}, this node {state['participants']} and "
+                    f"{state['threshold']}: the researcher shows nodes different rosters. "
+                    "Refusing the round."
                 )
             if advert.node_id == self.node_id:
                 if advert.SerializeToString() != bytes.fromhex(state["advert"]):
