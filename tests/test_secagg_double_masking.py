@@ -27,9 +27,9 @@ from common.secagg.protect import MASKED_PREFIX, protect_node_reply
 from common.tls import add_node_cert, init_certs
 from node.secagg_tasks import SecaggTasks
 from researcher.secagg import (
-    ExchangeResult,
+    CollectedReplies,
+    CollectedReply,
     Participant,
-    ReceivedReply,
     SecureRoundSession,
 )
 
@@ -53,7 +53,7 @@ class Federation:
         }
         self.offline: set[str] = set()
         self.tamper: Tamper | None = None
-        self.kept_replies: list[ReceivedReply] = []  # everything a curious researcher sees
+        self.kept_replies: list[CollectedReply] = []  # everything a curious researcher sees
         rng = np.random.default_rng(7)
         self.params = {
             node: {k: rng.normal(0, 1, s).astype(np.float32) for k, s in PARAM_SHAPES.items()}
@@ -67,8 +67,8 @@ class Federation:
         paths = self.certs.node(node)
         return NodeIdentity.load(ca=paths.ca, cert=paths.cert, key=paths.key)
 
-    def run_tasks(self, tasks: Mapping[str, pb.TaskRequest], timeout: float) -> ExchangeResult:
-        result = ExchangeResult()
+    def run_tasks(self, tasks: Mapping[str, pb.TaskRequest], timeout: float) -> CollectedReplies:
+        result = CollectedReplies()
         for node, task in tasks.items():
             if node in self.offline:
                 result.failures[node] = "timed out"
@@ -83,7 +83,7 @@ class Federation:
                     ok=False,
                     error=pb.TaskError(kind="SecaggError", message=str(err)),
                 )
-            received = ReceivedReply(reply)
+            received = CollectedReply(reply)
             self.kept_replies.append(received)
             result.replies[node] = received
         return result

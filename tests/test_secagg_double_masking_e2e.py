@@ -1,15 +1,13 @@
 """Double-masking SecAgg over real gRPC with real node processes under mutual TLS.
 
-The driver (researcher.secagg) runs against the in-process researcher server through a
-minimal TaskExchange over the server's node directory; training goes through the existing
-round exchange, so each node's training process opens its shares and masks for real.
+The driver (researcher.secagg) runs on the round engine's own exchange
+(researcher.rounds.exchange.GrpcExchange) for every phase, training included, so each node's
+training process opens its shares and masks for real.
 """
 
 from __future__ import annotations
 
 import json
-import queue
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,15 +19,9 @@ from common.proto import fedloom_pb2 as pb
 from common.secagg import SecureAggregation
 from common.training_args import TrainingArgs
 from common.training_plans.source import plan_hash, plan_source
-from researcher.round import NodeReply, PlanInfo, RoundRequest, run_round
-from researcher.secagg import (
-    ExchangeResult,
-    Participant,
-    ReceivedReply,
-    SecureRoundResult,
-    SecureRoundSession,
-)
-from researcher.server import ResearcherServer, get_server
+from researcher.rounds.exchange import GrpcExchange, ReceivedReply
+from researcher.secagg import Participant, SecureRoundResult, SecureRoundSession
+from researcher.server import get_server
 from tests.conftest import (
     TLS_NODE_IDS,
     NodeFactory,
@@ -44,52 +36,8 @@ pytestmark = pytest.mark.slow
 
 SIZES = (60, 120, 240)
 TIMEOUT = 60.0
-#: Fixed-point error of a weighted sum over 3 nodes is ~1.4e-9 per coordinate.
+#: Fixed-point error of a weighted sum over 3 nodes is ~1.7e-9 per coordinate.
 TOLERANCE = 1e-6
-
-
-class ServerExchange:
-    """A TaskExchange over the researcher server: one task per node, replies by task id."""
-
-    def __init__(self, server: ResearcherServer) -> None:
-        self.server = server
-
-    def run_tasks(self, tasks: Mapping[str, pb.TaskRequest], timeout: float) -> ExchangeResult:
-        result = ExchangeResult()
-        events: queue.Queue[tuple[str, object, object]] = queue.Queue()
-        directory = self.server.directory
-
-        def listen(event: str, node: object, payload: object) -> None:
-            events.put((event, node, payload))
-
-        directory.add_listener(listen)  # type: ignore[arg-type]
-        pending: dict[str, str] = {}
-        try:
-            for node_id, task in tasks.items():
-                node = directory.get(node_id)
-                if node is None:
-                    result.failures[node_id] = "not connected"
-                    continue
-                pending[task.task_id] = node_id
-                node.send(pb.ResearcherMessage(task=task))
-            deadline = time.monotonic() + timeout
-            while pending and time.monotonic() < deadline:
-                try:
-                    event, node, payload = events.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if event == "reply" and isinstance(payload, pb.TaskReply):
-                    node_id = pending.pop(payload.task_id, "")
-                    if node_id:
-                        result.replies[node_id] = ReceivedReply(payload)
-                elif event == "disconnected":
-                    gone = getattr(node, "node_id", "")
-                    for task_id in [t for t, n in pending.items() if n == gone]:
-                        result.failures[pending.pop(task_id)] = "disconnected"
-            result.failures.update({n: "timed out" for n in pending.values()})
-        finally:
-            directory.remove_listener(listen)  # type: ignore[arg-type]
-        return result
 
 
 @pytest.fixture
@@ -113,37 +61,51 @@ def tls_nodes(tmp_path: Path, tls_researcher: TlsResearcher, start_node: NodeFac
 
 
 def train_round(
-    server: ResearcherServer, secagg: Mapping[str, pb.SecaggContext], on_reply: object
+    exchange: GrpcExchange, secagg: Mapping[str, pb.SecaggContext], on_reply: object
 ) -> list[str]:
+    """One training round on every connected node (or those with a SecAgg context)."""
     source = plan_source(LogisticPlan)
-    nodes = sorted(server.directory.connected(), key=lambda n: n.node_id)
-    request = RoundRequest(
-        experiment_id="e2e",
-        round_number=1,
-        plan=PlanInfo("LogisticPlan", source, plan_hash(source)),
-        global_payload=encode_arrays(
+    nodes = sorted(exchange.connected(), key=lambda n: n.node_id)
+    selected = [n.node_id for n in nodes if not secagg or n.node_id in secagg]
+    payload_id = exchange.publish(
+        encode_arrays(
             {"param/weight": np.zeros((1, 4), np.float32), "param/bias": np.zeros(1, np.float32)}
         ),
-        aux_vars=pb.AuxVars(),
-        training_args_json=TrainingArgs.from_dict({"num_updates": 3, "batch_size": 1000}).to_json(),
-        model_args_json=json.dumps({}),
-        datasets={n.node_id: "tab" for n in nodes},
-        timeout=TIMEOUT,
-        secagg=secagg,
+        selected,
     )
-    selected = [n for n in nodes if not secagg or n.node_id in secagg]
-    return run_round(server, request, selected, on_reply).answered  # type: ignore[arg-type]
+    tasks = {}
+    for node in selected:
+        train = pb.TrainRequest(
+            plan=pb.TrainingPlanSource(
+                class_name="LogisticPlan", sha256=plan_hash(source), source=source
+            ),
+            params_payload_id=payload_id,
+            training_args_json=TrainingArgs.from_dict(
+                {"num_updates": 3, "batch_size": 1000}
+            ).to_json(),
+            model_args_json=json.dumps({}),
+            dataset_name="tab",
+        )
+        if secagg:
+            train.secagg.CopyFrom(secagg[node])
+        tasks[node] = pb.TaskRequest(
+            experiment_id="e2e", round=1, timeout_seconds=TIMEOUT, train=train
+        )
+    try:
+        return exchange.run_tasks(tasks, TIMEOUT, on_reply).answered  # type: ignore[arg-type]
+    finally:
+        exchange.unpublish(payload_id)
 
 
-def clear_updates(server: ResearcherServer) -> dict[str, tuple[int, dict[str, np.ndarray]]]:
+def clear_updates(exchange: GrpcExchange) -> dict[str, tuple[int, dict[str, np.ndarray]]]:
     """Each node's clear update for the same round (training is deterministic)."""
     clear: dict[str, tuple[int, dict[str, np.ndarray]]] = {}
 
-    def keep(reply: NodeReply) -> None:
-        params = {k[len("param/") :]: np.array(v) for k, v in reply.arrays.items()}
-        clear[reply.node_id] = (reply.n_samples, params)
+    def keep(received: ReceivedReply) -> None:
+        params = {k[len("param/") :]: np.array(v) for k, v in received.arrays.items()}
+        clear[received.node_id] = (int(received.reply.n_samples), params)
 
-    train_round(server, {}, keep)
+    train_round(exchange, {}, keep)
     return clear
 
 
@@ -157,25 +119,26 @@ def assert_secure_matches(
         np.testing.assert_allclose(value, expected, rtol=0, atol=TOLERANCE)
 
 
-def secure_round(server: ResearcherServer, kill_after_setup: object = None) -> tuple:
-    exchange = ServerExchange(server)
-    participants = [Participant(n.node_id, n.label) for n in server.directory.connected()]
+def secure_round(exchange: GrpcExchange, kill_after_setup: object = None) -> tuple:
+    participants = [Participant(n.node_id, n.label) for n in exchange.connected()]
     session = SecureRoundSession(SecureAggregation(), "e2e", 1, participants)
     remaining = session.setup(exchange, TIMEOUT)
     if callable(kill_after_setup):
         kill_after_setup()
     answered = train_round(
-        server,
+        exchange,
         {n: session.train_context(n) for n in remaining},
-        lambda reply: session.add_masked(reply.node_id, reply.arrays, reply.aux_vars),
+        lambda received: session.add_masked(
+            received.node_id, received.arrays, received.reply.aux_vars
+        ),
     )
     return session.unmask(exchange, answered, TIMEOUT), answered
 
 
 def test_secure_fedavg_sum_over_tls_nodes_equals_the_clear_sum(tls_nodes: list) -> None:
-    server = get_server()
-    clear = clear_updates(server)
-    result, answered = secure_round(server)
+    exchange = GrpcExchange(get_server())
+    clear = clear_updates(exchange)
+    result, answered = secure_round(exchange)
     assert sorted(answered) == sorted(TLS_NODE_IDS)
     assert_secure_matches(result, clear, list(TLS_NODE_IDS))
 
@@ -183,10 +146,10 @@ def test_secure_fedavg_sum_over_tls_nodes_equals_the_clear_sum(tls_nodes: list) 
 def test_a_node_killed_after_share_distribution_leaves_the_exact_sum_of_the_others(
     tls_nodes: list,
 ) -> None:
-    server = get_server()
-    clear = clear_updates(server)
+    exchange = GrpcExchange(get_server())
+    clear = clear_updates(exchange)
     victim = tls_nodes[2]
-    result, answered = secure_round(server, kill_after_setup=victim.kill)
+    result, answered = secure_round(exchange, kill_after_setup=victim.kill)
     assert victim.node_id not in answered
     assert_secure_matches(result, clear, [n for n in TLS_NODE_IDS if n != victim.node_id])
 

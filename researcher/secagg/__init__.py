@@ -6,10 +6,18 @@ The round engine creates one :class:`SecureRoundSession` per round attempt, runs
 and finally calls ``unmask`` with the nodes whose replies it accepted.
 """
 
-from researcher.secagg.exchange import ExchangeResult, ReceivedReply, TaskExchange
+from researcher.secagg.exchange import (
+    CollectedReplies,
+    CollectedReply,
+    ExchangeResult,
+    ReceivedReply,
+    TaskExchange,
+)
 from researcher.secagg.session import Participant, SecureRoundResult, SecureRoundSession
 
 __all__ = [
+    "CollectedReplies",
+    "CollectedReply",
     "ExchangeResult",
     "Participant",
     "ReceivedReply",

@@ -1,7 +1,9 @@
 """What the SecAgg driver needs from the round engine: send tasks, collect their replies.
 
-The engine's exchange satisfies :class:`TaskExchange`; tests use one that calls the node
-handlers directly. No policy here: which node counts as dropped is the driver's business.
+Protocols only, so the engine's exchange (researcher.rounds.exchange.GrpcExchange) satisfies
+them as it is; :class:`CollectedReply` and :class:`CollectedReplies` are plain
+implementations for exchanges that call node handlers directly (tests, benchmarks). No
+policy here: which node counts as dropped is the driver's business.
 """
 
 from __future__ import annotations
@@ -14,23 +16,31 @@ import numpy as np
 
 from common.proto import fedloom_pb2 as pb
 
-__all__ = ["ExchangeResult", "ReceivedReply", "TaskExchange"]
+__all__ = [
+    "CollectedReplies",
+    "CollectedReply",
+    "ExchangeResult",
+    "ReceivedReply",
+    "TaskExchange",
+]
 
 
-@dataclass(frozen=True)
-class ReceivedReply:
+class ReceivedReply(Protocol):
     """A node's reply and the arrays decoded from its upload (empty when it uploaded none)."""
 
-    reply: pb.TaskReply
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    @property
+    def reply(self) -> pb.TaskReply: ...
+    @property
+    def arrays(self) -> Mapping[str, np.ndarray]: ...
 
 
-@dataclass(frozen=True)
-class ExchangeResult:
-    """Replies by node id, and why the other nodes gave none (timeout, disconnect, ...)."""
+class ExchangeResult(Protocol):
+    """Replies by node id, and why the other nodes gave none (timeout, disconnect, refusal)."""
 
-    replies: dict[str, ReceivedReply] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
+    @property
+    def replies(self) -> Mapping[str, ReceivedReply]: ...
+    @property
+    def failures(self) -> Mapping[str, str]: ...
 
 
 class TaskExchange(Protocol):
@@ -39,3 +49,19 @@ class TaskExchange(Protocol):
     def run_tasks(self, tasks: Mapping[str, pb.TaskRequest], timeout: float) -> ExchangeResult:
         """Send ``tasks[node_id]`` to each node; return replies and failures by node id."""
         ...
+
+
+@dataclass(frozen=True)
+class CollectedReply:
+    """A plain :class:`ReceivedReply`."""
+
+    reply: pb.TaskReply
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class CollectedReplies:
+    """A plain :class:`ExchangeResult`, filled as replies come."""
+
+    replies: dict[str, CollectedReply] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)

@@ -198,12 +198,19 @@ class SecureRoundSession:
 
     # -- unmask ----------------------------------------------------------------------------
     def unmask(
-        self, exchange: TaskExchange, answered: Sequence[str], timeout: float
+        self,
+        exchange: TaskExchange,
+        answered: Sequence[str],
+        timeout: float,
+        *,
+        dtypes: Mapping[str, np.dtype] | None = None,
     ) -> SecureRoundResult:
         """Recover the survivors' sums: ``answered`` are the nodes whose uploads count.
 
         Every other share holder is dropped, whatever it uploaded: its upload is never folded,
         and no node reveals its self mask. Raises RoundFailedError below the threshold.
+        ``dtypes`` maps parameter names to their dtype, so aux-var vectors keyed like the
+        parameters come back in it (sums are float64).
         """
         if self._unmasked:
             raise SecaggError(f"SecAgg session {self.session_id!r} was already unmasked.")
@@ -244,7 +251,7 @@ class SecureRoundSession:
                 len(survivors),
                 ", ".join(self._label(n) for n in dropped),
             )
-        return self._result(survivors, seeds, dropped_keys)
+        return self._result(survivors, seeds, dropped_keys, dtypes or {})
 
     def _rebuild_secrets(
         self, replies: Mapping[str, pb.TaskReply], survivors: list[str], dropped: list[str]
@@ -284,6 +291,7 @@ class SecureRoundSession:
         survivors: list[str],
         seeds: Mapping[str, bytes],
         dropped_keys: Mapping[str, SecaggKeyPair],
+        dtypes: Mapping[str, np.dtype],
     ) -> SecureRoundResult:
         reference = self._reference
         assert reference is not None  # survivors >= t >= 2 uploads were accepted
@@ -321,7 +329,7 @@ class SecureRoundSession:
             for field_name, value in layout.secure.items():
                 if value.WhichOneof("kind") == "vector":
                     coefs = {
-                        key: sums[array[len(MASKED_PREFIX) :]]
+                        key: sums[array[len(MASKED_PREFIX) :]].astype(dtypes.get(key, np.float64))
                         for key, array in zip(value.vector.keys, value.vector.arrays, strict=True)
                     }
                     fields[field_name] = arrays_to_vector(coefs, "numpy")
