@@ -67,9 +67,9 @@ SecAgg hides individual updates, not the aggregate: the sum, and hence the globa
 revealed by design.
 
 Legacy: :class:`NodeMasker`, :class:`SecureSum` and :class:`CorrectionLedger` implement the
-earlier pairwise-only scheme (long-term keys in the node home, dropout corrections), kept
-while the round engine moves to ``researcher.secagg``. It does not survive the late-upload
-attack above and is to be removed.
+earlier pairwise-only scheme (long-term keys in the node home, dropout corrections). The
+round engine no longer uses it (``researcher.rounds`` drives ``researcher.secagg``); it does
+not survive the late-upload attack above and is to be removed with its callers.
 """
 
 from common.secagg.advert import NodeIdentity, verify_advert

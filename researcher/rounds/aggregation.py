@@ -19,7 +19,7 @@ from common.errors import PayloadError, RoundFailedError
 from researcher.aggregators import Aggregator
 from researcher.rounds.exchange import Exchange
 from researcher.rounds.reply import TrainReply
-from researcher.rounds.secure_round import SecureRound
+from researcher.secagg import SecureRoundSession
 
 __all__ = [
     "ClearAggregation",
@@ -87,33 +87,29 @@ class ClearAggregation:
 
 
 class SecureAggregation:
-    """Masked replies: summed under SecAgg, unmasked once, then the same aggregator."""
+    """Masked replies: kept by the SecAgg session, unmasked once, then the same aggregator."""
 
     def __init__(
         self,
-        session: SecureRound,
+        session: SecureRoundSession,
         aggregator: Aggregator,
         template: Mapping[str, np.ndarray],
-        experiment_id: str,
     ) -> None:
         self._session = session
         self._aggregator = aggregator
         self._template = template
-        self._experiment_id = experiment_id
         aggregator.start(template)
 
     def add(self, reply: TrainReply) -> None:
-        prepared = self._session.prepare_reply(reply.node_id, reply.sections, reply.aux_message)
+        # The session checks the masked part whole and keeps it; it folds only the nodes
+        # `finish` is told answered, so a reply the aggregator then refuses leaves no trace.
+        self._session.add_masked(reply.node_id, reply.sections, reply.aux_message)
         if not self._session.settings.protect_parameters:
-            # Parameters in clear, aux vars masked. The aggregator checks the whole reply
-            # before it folds, and the masked part is already checked: a refusal by either
-            # side folds nothing.
             self._aggregator.add(reply.node_id, reply.params, float(reply.n_samples))
-        self._session.commit_reply(prepared)
 
     def finish(self, exchange: Exchange, answered: Sequence[str], timeout: float) -> RoundAggregate:
-        self._session.recover(exchange, self._experiment_id, answered, timeout)
-        result = self._session.result({k: np.asarray(v).dtype for k, v in self._template.items()})
+        dtypes = {k: np.asarray(v).dtype for k, v in self._template.items()}
+        result = self._session.unmask(exchange, answered, timeout, dtypes=dtypes)
         if result.param_sums is not None:
             if result.total_samples is None or not result.total_samples > 0:
                 raise RoundFailedError(

@@ -30,7 +30,8 @@ from researcher.rounds.exchange import Exchange, NodeView, ReceivedReply
 from researcher.rounds.global_update import global_update
 from researcher.rounds.policy import Strategy
 from researcher.rounds.reply import ModelTemplate, TrainReply, decode_train_reply
-from researcher.rounds.secure_round import SecureRound, check_secagg_configuration
+from researcher.rounds.secure_round import check_secagg_configuration
+from researcher.secagg import Participant, SecureRoundSession
 
 __all__ = ["PlanInfo", "RoundListener", "RoundResult", "RoundSetup", "run_round"]
 
@@ -108,6 +109,10 @@ def run_round(
     deadline = strategy.round_deadline(setup.training_args)
     template = ModelTemplate.of(global_params)
     aggregation, secure = _aggregation(setup, round_number, selected, global_params)
+    if secure is not None:
+        # Key adverts and share distribution; nodes lost there are out of the round.
+        remaining = set(secure.setup(exchange, deadline))
+        selected = [n for n in selected if n.node_id in remaining]
     aux_modules = (
         frozenset(setup.optimizer.optimizer.aux_var_names) if setup.optimizer else frozenset()
     )
@@ -175,14 +180,18 @@ def _aggregation(
     round_number: int,
     selected: Sequence[NodeView],
     global_params: Mapping[str, np.ndarray],
-) -> tuple[RoundAggregation, SecureRound | None]:
+) -> tuple[RoundAggregation, SecureRoundSession | None]:
     """The seam: clear folding, or a SecAgg session whose unmasked sum folds the same way."""
     if setup.secagg is None:
         return ClearAggregation(setup.aggregator, global_params), None
     check_secagg_configuration(setup.secagg, setup.aggregator)
-    session = SecureRound(setup.secagg, setup.experiment_id, round_number, selected)
-    aggregation = SecureAggregation(session, setup.aggregator, global_params, setup.experiment_id)
-    return aggregation, session
+    session = SecureRoundSession(
+        setup.secagg,
+        setup.experiment_id,
+        round_number,
+        [Participant(n.node_id, n.label) for n in selected],
+    )
+    return SecureAggregation(session, setup.aggregator, global_params), session
 
 
 def _global_payload(
@@ -208,7 +217,7 @@ def _train_task(
     payload_id: str,
     deadline: float,
     aux_message: pb.AuxVars,
-    secure: SecureRound | None,
+    secure: SecureRoundSession | None,
 ) -> pb.TaskRequest:
     plan = pb.TrainingPlanSource(class_name=setup.plan.class_name, sha256=setup.plan.sha256)
     if setup.plan.sha256 not in node.known_plans:
@@ -225,7 +234,7 @@ def _train_task(
         dataset_name=dataset.name,
     )
     if secure is not None:
-        train.secagg.CopyFrom(secure.context())
+        train.secagg.CopyFrom(secure.train_context(node.node_id))
     return pb.TaskRequest(
         experiment_id=setup.experiment_id,
         round=round_number,
