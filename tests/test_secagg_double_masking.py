@@ -23,7 +23,7 @@ from common.secagg.double_masking import removal_seeds
 from common.secagg.kdf import agree, mask_seed
 from common.secagg.keys import SecaggKeyPair
 from common.secagg.masking import sum_and_mask
-from common.secagg.protect import MASKED_PREFIX, protect_node_reply
+from common.secagg.protect import mask_label, protect_node_reply
 from common.tls import add_node_cert, init_certs
 from node.secagg_tasks import SecaggTasks
 from researcher.secagg import (
@@ -34,6 +34,9 @@ from researcher.secagg import (
 )
 
 SETTINGS = SecureAggregation()
+MASKED_PARAMS = pb.PAYLOAD_SECTION_SECAGG_PARAMS
+# The label node and researcher derive the weight's masks from.
+WEIGHT_LABEL = mask_label(MASKED_PARAMS, "weight")
 PARAM_SHAPES = {"weight": (40, 25), "bias": (25,)}
 TIMEOUT = 10.0
 
@@ -266,12 +269,12 @@ def decode_without_self_mask(
     fed: Federation,
     session: SecureRoundSession,
     node: str,
-    upload: dict,
+    masked_weight: np.ndarray,
     dropped_key: SecaggKeyPair,
 ) -> np.ndarray:
     """The attacker's best effort on a late upload: strip every pairwise mask of ``node``
     (its mask key rebuilt from the survivors' shares) and decode what is left."""
-    name = "param/weight"
+    name = WEIGHT_LABEL
     survivors = [n for n in session.participants if n != node]
     seeds = []
     for peer in survivors:
@@ -283,7 +286,7 @@ def decode_without_self_mask(
         )
         sign = 1 if peer > node else -1
         seeds.append((mask_seed(pair, session_id=session.session_id, payload=name), -sign))
-    stripped = sum_and_mask([upload[MASKED_PREFIX + name]], seeds, PARAM_SHAPES["weight"])
+    stripped = sum_and_mask([masked_weight], seeds, PARAM_SHAPES["weight"])
     return SETTINGS.codec.decode_sum(stripped) / fed.samples[node]
 
 
@@ -304,7 +307,7 @@ def test_late_upload_of_a_dropped_node_reveals_nothing_to_a_curious_researcher(
     # "d"'s upload arrives late; the researcher keeps it and every share it ever received.
     with pytest.raises(SecaggError, match="after SecAgg session"):
         session.add_masked("d", *uploads["d"])
-    late = uploads["d"][0]
+    late = uploads["d"][0][MASKED_PARAMS]["weight"]
     key_shares: dict[int, np.ndarray] = {}
     self_shares: dict[int, np.ndarray] = {}
     for received in fed.kept_replies:
@@ -360,15 +363,13 @@ def test_the_same_late_upload_with_pairwise_masks_only_would_have_leaked(tmp_pat
     )
     seeds = removal_seeds(
         session_id=session.session_id,
-        payload="param/weight",
+        payload=WEIGHT_LABEL,
         survivor_seeds={"d": seed},
         dropped_keys={},
         mask_public_keys={},
     )
-    partially = sum_and_mask([uploads["d"][0][MASKED_PREFIX + "param/weight"]], seeds, (40, 25))
-    guess = decode_without_self_mask(
-        fed, session, "d", {MASKED_PREFIX + "param/weight": partially}, mask_key
-    )
+    partially = sum_and_mask([uploads["d"][0][MASKED_PARAMS]["weight"]], seeds, (40, 25))
+    guess = decode_without_self_mask(fed, session, "d", partially, mask_key)
     np.testing.assert_allclose(guess, fed.params["d"]["weight"], atol=1e-6)
 
 
@@ -569,9 +570,9 @@ def test_a_node_masks_each_payload_once_and_never_after_unmasking(tmp_path: Path
     session = fed.session()
     remaining = session.setup(fed, TIMEOUT)
     masker = fed.nodes["a"].participant.masker(session.train_context("a"))
-    masker.mask("param/weight", np.zeros(3))
+    masker.mask(WEIGHT_LABEL, np.zeros(3))
     with pytest.raises(SecaggError, match="already masked"):
-        masker.mask("param/weight", np.ones(3))
+        masker.mask(WEIGHT_LABEL, np.ones(3))
     for node in remaining:
         if node != "a":
             session.add_masked(node, *fed.train(node, session.train_context(node)))
@@ -600,8 +601,8 @@ def test_a_refused_masked_reply_leaves_no_trace(tmp_path: Path) -> None:
     remaining = session.setup(fed, TIMEOUT)
     uploads = {n: fed.train(n, session.train_context(n)) for n in remaining}
     session.add_masked("a", *uploads["a"])
-    broken = dict(uploads["b"][0])
-    broken[MASKED_PREFIX + "param/bias"] = broken[MASKED_PREFIX + "param/bias"][:-1]
+    broken = {section: dict(arrays) for section, arrays in uploads["b"][0].items()}
+    broken[MASKED_PARAMS]["bias"] = broken[MASKED_PARAMS]["bias"][:-1]
     with pytest.raises(Exception, match="site-b"):
         session.add_masked("b", broken, uploads["b"][1])
     session.add_masked("b", *uploads["b"])  # the intact reply is still accepted afterwards

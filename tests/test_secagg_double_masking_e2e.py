@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.payload import encode_arrays
+from common.payload import encode_sections
 from common.proto import fedloom_pb2 as pb
 from common.secagg import SecureAggregation
 from common.training_args import TrainingArgs
@@ -67,12 +67,8 @@ def train_round(
     source = plan_source(LogisticPlan)
     nodes = sorted(exchange.connected(), key=lambda n: n.node_id)
     selected = [n.node_id for n in nodes if not secagg or n.node_id in secagg]
-    payload_id = exchange.publish(
-        encode_arrays(
-            {"param/weight": np.zeros((1, 4), np.float32), "param/bias": np.zeros(1, np.float32)}
-        ),
-        selected,
-    )
+    params = {"weight": np.zeros((1, 4), np.float32), "bias": np.zeros(1, np.float32)}
+    payload_id = exchange.publish(encode_sections({pb.PAYLOAD_SECTION_PARAMS: params}), selected)
     tasks = {}
     for node in selected:
         train = pb.TrainRequest(
@@ -102,7 +98,8 @@ def clear_updates(exchange: GrpcExchange) -> dict[str, tuple[int, dict[str, np.n
     clear: dict[str, tuple[int, dict[str, np.ndarray]]] = {}
 
     def keep(received: ReceivedReply) -> None:
-        params = {k[len("param/") :]: np.array(v) for k, v in received.arrays.items()}
+        sent = received.sections[pb.PAYLOAD_SECTION_PARAMS]
+        params = {k: np.array(v) for k, v in sent.items()}
         clear[received.node_id] = (int(received.reply.n_samples), params)
 
     train_round(exchange, {}, keep)
@@ -129,7 +126,7 @@ def secure_round(exchange: GrpcExchange, kill_after_setup: object = None) -> tup
         exchange,
         {n: session.train_context(n) for n in remaining},
         lambda received: session.add_masked(
-            received.node_id, received.arrays, received.reply.aux_vars
+            received.node_id, received.sections, received.reply.aux_vars
         ),
     )
     return session.unmask(exchange, answered, TIMEOUT), answered

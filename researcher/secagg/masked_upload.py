@@ -1,8 +1,9 @@
 """One node's masked reply, validated whole before anything of it is kept.
 
-Array names follow :mod:`common.secagg.protect`: ``secagg/<payload>`` for masked payloads,
-anything else in clear (clear aux-var fields); the aux-var message says which fields of each
-module are masked (they reference ``secagg/...`` arrays) and which are clear.
+The reply's sections follow :mod:`common.secagg.protect`: SECAGG_PARAMS and SECAGG_SUMS hold
+masked arrays, known here by their mask label (``mask_label(section, name)``, the payload
+name both sides derive seeds from); AUX holds the clear aux-var fields; the aux-var message
+marks each field masked (``masked_array``, ``VectorRef.masked``) or clear.
 """
 
 from __future__ import annotations
@@ -15,11 +16,28 @@ import numpy as np
 
 from common.errors import FedloomError, PayloadError, SecaggError
 from common.optimizers.aux_codec import aux_var_class, decode_aux_fields
+from common.payload import Section
 from common.proto import fedloom_pb2 as pb
 from common.secagg.payload import as_masked
-from common.secagg.protect import MASKED_PREFIX, N_SAMPLES_NAME
+from common.secagg.protect import MASKED_SECTIONS, N_SAMPLES_NAME, mask_label
 
-__all__ = ["AuxLayout", "MaskedUpload", "merge_clear_fields", "parse_masked_upload"]
+__all__ = [
+    "N_SAMPLES_LABEL",
+    "AuxLayout",
+    "MaskedUpload",
+    "merge_clear_fields",
+    "parse_masked_upload",
+    "sums_label",
+]
+
+
+def sums_label(name: str) -> str:
+    """The mask label of an array of the SECAGG_SUMS section (aux fields, sample count)."""
+    return mask_label(pb.PAYLOAD_SECTION_SECAGG_SUMS, name)
+
+
+#: The mask label of the masked sample count.
+N_SAMPLES_LABEL = sums_label(N_SAMPLES_NAME)
 
 
 @dataclass(frozen=True)
@@ -33,15 +51,17 @@ class AuxLayout:
 
 @dataclass(frozen=True)
 class MaskedUpload:
-    """A validated masked reply: uint64 arrays by payload name and the aux-var layout."""
+    """A validated masked reply: uint64 arrays by mask label, parameter names by label, and
+    the aux-var layout."""
 
     masked: dict[str, np.ndarray]
+    params: dict[str, str]
     aux: dict[str, AuxLayout]
 
 
 def parse_masked_upload(
     label: str,
-    arrays: Mapping[str, np.ndarray],
+    sections: Mapping[Section, Mapping[str, np.ndarray]],
     aux_vars: pb.AuxVars,
     *,
     protect_parameters: bool,
@@ -52,11 +72,15 @@ def parse_masked_upload(
     Raises SecaggError or PayloadError naming the node (``label``); returns nothing partial.
     """
     masked = {
-        name[len(MASKED_PREFIX) :]: array
-        for name, array in arrays.items()
-        if name.startswith(MASKED_PREFIX)
+        mask_label(section, name): array
+        for section in MASKED_SECTIONS
+        for name, array in sections.get(section, {}).items()
     }
-    if protect_parameters and N_SAMPLES_NAME not in masked:
+    params = {
+        mask_label(pb.PAYLOAD_SECTION_SECAGG_PARAMS, name): name
+        for name in sections.get(pb.PAYLOAD_SECTION_SECAGG_PARAMS, {})
+    }
+    if protect_parameters and N_SAMPLES_LABEL not in masked:
         raise SecaggError(
             f"node {label} sent its update without SecAgg masks although parameter protection "
             "is on: refusing it."
@@ -71,6 +95,7 @@ def parse_masked_upload(
     for name, array in masked.items():
         shape = None if reference is None else reference.masked[name].shape
         checked[name] = as_masked(array, node_id=label, name=name, shape=shape)
+    aux_arrays = sections.get(pb.PAYLOAD_SECTION_AUX, {})
     aux = {}
     for item in aux_vars.items:
         secure = {f.name: f.value for f in item.fields if _is_masked(f.value)}
@@ -83,7 +108,7 @@ def parse_masked_upload(
             )
         try:
             clear = decode_aux_fields(
-                [f for f in item.fields if not _is_masked(f.value)], arrays, "numpy"
+                [f for f in item.fields if not _is_masked(f.value)], aux_arrays, "numpy"
             )
             aux_var_class(item.type)
         except FedloomError as err:
@@ -103,7 +128,7 @@ def parse_masked_upload(
                     f"node {label} sent a different kind of aux var {module!r} than other nodes: "
                     "all nodes must run the same optimizer."
                 )
-    return MaskedUpload(checked, aux)
+    return MaskedUpload(checked, params, aux)
 
 
 def merge_clear_fields(layouts: list[AuxLayout]) -> dict[str, Any]:
@@ -121,13 +146,12 @@ def merge_clear_fields(layouts: list[AuxLayout]) -> dict[str, Any]:
 
 
 def _references(value: pb.AuxValue) -> list[str]:
+    """The mask labels a masked aux-var field refers to."""
     if value.WhichOneof("kind") == "vector":
-        return [a[len(MASKED_PREFIX) :] for a in value.vector.arrays]
-    return [value.array[len(MASKED_PREFIX) :]]
+        return [sums_label(a) for a in value.vector.arrays]
+    return [sums_label(value.masked_array)]
 
 
 def _is_masked(value: pb.AuxValue) -> bool:
     kind = value.WhichOneof("kind")
-    if kind == "vector":
-        return any(a.startswith(MASKED_PREFIX) for a in value.vector.arrays)
-    return kind == "array" and value.array.startswith(MASKED_PREFIX)
+    return kind == "masked_array" or (kind == "vector" and value.vector.masked)

@@ -27,22 +27,26 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from common.errors import RoundFailedError, SecaggError
 from common.optimizers.aux_codec import build_aux_var
 from common.optimizers.vectors import arrays_to_vector
+from common.payload import Section
 from common.proto import fedloom_pb2 as pb
 from common.secagg.double_masking import removal_seeds, survivors_sum
 from common.secagg.kdf import new_session_id
 from common.secagg.keys import SecaggKeyPair
 from common.secagg.participant import share_point
-from common.secagg.protect import MASKED_PREFIX, N_SAMPLES_NAME
 from common.secagg.settings import SecureAggregation
 from common.secagg.shamir import ELEMENTS, reconstruct
 from researcher.secagg.exchange import ExchangeResult, TaskExchange
-from researcher.secagg.masked_upload import MaskedUpload, merge_clear_fields, parse_masked_upload
+from researcher.secagg.masked_upload import (
+    N_SAMPLES_LABEL,
+    MaskedUpload,
+    merge_clear_fields,
+    parse_masked_upload,
+    sums_label,
+)
 
 __all__ = ["Participant", "SecureRoundResult", "SecureRoundSession"]
 
 log = logging.getLogger(__name__)
-
-_PARAM_PREFIX = "param/"
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,10 @@ class SecureRoundSession:
 
     # -- uploads ---------------------------------------------------------------------------
     def add_masked(
-        self, node_id: str, arrays: Mapping[str, np.ndarray], aux_vars: pb.AuxVars
+        self,
+        node_id: str,
+        sections: Mapping[Section, Mapping[str, np.ndarray]],
+        aux_vars: pb.AuxVars,
     ) -> None:
         """Validate one node's masked reply and keep it for unmasking; a refusal keeps nothing.
 
@@ -187,7 +194,7 @@ class SecureRoundSession:
             raise SecaggError(f"node {label} sent its masked update twice; keeping the first.")
         upload = parse_masked_upload(
             label,
-            arrays,
+            sections,
             aux_vars,
             protect_parameters=self.settings.protect_parameters,
             reference=self._reference,
@@ -313,12 +320,8 @@ class SecureRoundSession:
         param_sums = None
         total_samples = None
         if self.settings.protect_parameters:
-            param_sums = {
-                name[len(_PARAM_PREFIX) :]: value
-                for name, value in sums.items()
-                if name.startswith(_PARAM_PREFIX)
-            }
-            total_samples = float(sums[N_SAMPLES_NAME].reshape(-1)[0])
+            param_sums = {param: sums[label] for label, param in reference.params.items()}
+            total_samples = float(sums[N_SAMPLES_LABEL].reshape(-1)[0])
             if total_samples <= 0:
                 raise RoundFailedError(
                     f"the securely summed sample count is {total_samples}; expected > 0."
@@ -329,12 +332,12 @@ class SecureRoundSession:
             for field_name, value in layout.secure.items():
                 if value.WhichOneof("kind") == "vector":
                     coefs = {
-                        key: sums[array[len(MASKED_PREFIX) :]].astype(dtypes.get(key, np.float64))
+                        key: sums[sums_label(array)].astype(dtypes.get(key, np.float64))
                         for key, array in zip(value.vector.keys, value.vector.arrays, strict=True)
                     }
                     fields[field_name] = arrays_to_vector(coefs, "numpy")
                 else:
-                    summed = sums[value.array[len(MASKED_PREFIX) :]]
+                    summed = sums[sums_label(value.masked_array)]
                     fields[field_name] = float(summed) if summed.ndim == 0 else summed
             aux[module] = build_aux_var(layout.type_name, fields)
         return SecureRoundResult(param_sums, total_samples, aux)
