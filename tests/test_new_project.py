@@ -7,13 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from researcher.plan_loader import load_plan_class
 
 from common.data_split import parse_split
 from common.split_files import split_file
 from fedloom.cli import main
 from fedloom.demo_data import write_demo_csv
 from researcher.config import load_experiment_config
+from researcher.plan_loader import load_plan_class
 from tests.conftest import ROOT, NodeFactory, fedloom_cmd, free_port
 
 
