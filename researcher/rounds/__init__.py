@@ -3,7 +3,6 @@
 - `exchange`: send tasks and collect replies over a transport; decides nothing.
 - `reply`: a train reply decoded and validated whole before anything is folded.
 - `aggregation`: clear and secure aggregation behind one seam (`RoundAggregate`).
-- `secure_round`: the researcher's side of SecAgg for one round.
 - `global_update`: the aggregate and the server optimizer give the new global model.
 - `policy`: the `Strategy` base class: selection, waiting, deadlines, the verdict
   (registered strategies live in researcher/strategies).

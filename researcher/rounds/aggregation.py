@@ -15,7 +15,8 @@ from typing import Protocol
 import numpy as np
 from declearn.optimizer.modules import AuxVar
 
-from common.errors import PayloadError, RoundFailedError
+from common.errors import ConfigurationError, PayloadError, RoundFailedError
+from common.secagg import SecureAggregation as SecaggSettings
 from researcher.aggregators import Aggregator
 from researcher.rounds.exchange import Exchange
 from researcher.rounds.reply import TrainReply
@@ -26,6 +27,7 @@ __all__ = [
     "RoundAggregate",
     "RoundAggregation",
     "SecureAggregation",
+    "check_secagg_configuration",
     "sum_aux_vars",
 ]
 
@@ -117,3 +119,13 @@ class SecureAggregation:
                 )
             self._aggregator.add_secure_sum(result.param_sums, result.total_samples)
         return RoundAggregate(self._aggregator.finish(), result.aux)
+
+
+def check_secagg_configuration(settings: SecaggSettings, aggregator: Aggregator) -> None:
+    """Protected parameters reach the aggregator only as a sum: it must be able to use one."""
+    if settings.protect_parameters and not aggregator.supports_secure_sum:
+        raise ConfigurationError(
+            f"SecAgg with protected parameters reveals only the sum of the nodes' updates, which "
+            f"the {type(aggregator).__name__} aggregator cannot use: choose an aggregator that "
+            "supports secure sums (FedAverage) or SecureAggregation(protect_parameters=False)"
+        )

@@ -25,12 +25,16 @@ from common.training_args import TrainingArgs
 from researcher.aggregators import Aggregator
 from researcher.history import NodeRoundRecord, RoundRecord
 from researcher.optimization import ResearcherOptimizer
-from researcher.rounds.aggregation import ClearAggregation, RoundAggregation, SecureAggregation
+from researcher.rounds.aggregation import (
+    ClearAggregation,
+    RoundAggregation,
+    SecureAggregation,
+    check_secagg_configuration,
+)
 from researcher.rounds.exchange import Exchange, NodeView, ReceivedReply
 from researcher.rounds.global_update import global_update
 from researcher.rounds.policy import Strategy
 from researcher.rounds.reply import ModelTemplate, TrainReply, decode_train_reply
-from researcher.rounds.secure_round import check_secagg_configuration
 from researcher.secagg import Participant, SecureRoundSession
 
 __all__ = ["PlanInfo", "RoundListener", "RoundResult", "RoundSetup", "run_round"]
