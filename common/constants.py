@@ -32,6 +32,11 @@ RECONNECT_INITIAL_DELAY = 0.5
 RECONNECT_MAX_DELAY = 15.0
 RECONNECT_BACKOFF = 2.0
 
+#: Cap of the backoff after a session the researcher ended normally: its next run usually
+#: follows soon, and a refused connection attempt every 2 s costs nothing, so a new run
+#: finds its nodes within 2 s instead of up to RECONNECT_MAX_DELAY.
+RECONNECT_AFTER_SESSION_MAX_DELAY = 2.0
+
 #: Default per-round deadline when training_args does not give one (seconds).
 DEFAULT_ROUND_TIMEOUT = 3600.0
 

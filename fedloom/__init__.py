@@ -1,1 +1,1 @@
-"""The `fedloom` command: node, researcher, certs, data, new and demo sub-commands."""
+"""The `fedloom` command: node, researcher, certs, data, new, demo and completion sub-commands."""

@@ -14,6 +14,7 @@ import getpass
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -123,8 +124,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             markup=False,
             soft_wrap=True,
         )
+    node = f"fedloom node --home {shlex.quote(str(home.path))}" if args.home else "fedloom node"
     console.print(
-        "Next: `fedloom node dataset add ...`, then `fedloom node start`.",
+        f"Next: `{node} dataset add --name NAME --tags '#tag' --path FILE`, then `{node} start`.",
         markup=False,
         soft_wrap=True,
     )
@@ -218,6 +220,22 @@ def cmd_dataset_add(args: argparse.Namespace) -> int:
 
 
 @_command
+def cmd_dataset_update(args: argparse.Namespace) -> int:
+    """Accept a dataset's changed content (after `verify` says CHANGED): same path and tags."""
+    record = actions.reregister_dataset(_home(args).db_path, _cli_actor(), args.name)
+    if args.json:
+        _write_json(record.to_dict())
+        return 0
+    _console().print(
+        f"Re-registered {record.name}: {record.data_type}, {record.n_samples} samples, shape "
+        f"{record.shape}, sha256 {record.sha256[:12]}",
+        markup=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+@_command
 def cmd_dataset_list(args: argparse.Namespace) -> int:
     """List registered datasets."""
     records = DatasetRegistry(_home(args).db_path).list()
@@ -279,6 +297,13 @@ def cmd_dataset_verify(args: argparse.Namespace) -> int:
                 console.print(f"{r.name}: unchanged", markup=False, soft_wrap=True)
             for problem in r.problems:
                 console.print(f"{r.name}: CHANGED: {problem}", markup=False, soft_wrap=True)
+        if not all(r.ok for r in results):
+            home = f" --home {shlex.quote(str(_home_path(args)))}" if args.home else ""
+            console.print(
+                f"If the change is intended, re-register: `fedloom node{home} dataset update NAME`",
+                markup=False,
+                soft_wrap=True,
+            )
     return 0 if all(r.ok for r in results) else EXIT_CHECK_FAILED
 
 
@@ -380,6 +405,17 @@ def _tls_files(args: argparse.Namespace) -> dict[str, str | None] | None:
     return tls
 
 
+def check_researcher_address(address: str) -> str:
+    """HOST:PORT as given; without a port gRPC would silently dial 443, so that is an error."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or host.endswith(":") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(
+            f"--researcher {address!r} needs a port: expected HOST:PORT, e.g. "
+            f"{address.strip() or 'researcher.example.org'}:50051 (IPv6: [::1]:50051)"
+        )
+    return address.strip()
+
+
 @_command
 def cmd_start(args: argparse.Namespace) -> int:
     """Run the node daemon until interrupted."""
@@ -389,7 +425,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise ConfigurationError("--max-memory-mb must be a positive number of megabytes")
     home = _home(args)
     tls = _tls_files(args)
-    researcher = args.researcher or home.researcher_address
+    researcher = check_researcher_address(args.researcher or home.researcher_address)
     if args.allow_unapproved:
         logger.warning(
             "--allow-unapproved: node %s will run ANY training plan a researcher sends, "
@@ -500,6 +536,12 @@ def register(
     remove = dataset_commands.add_parser("remove", help="unregister a dataset (files are kept)")
     remove.add_argument("name")
     remove.set_defaults(func=cmd_dataset_remove)
+    update = dataset_commands.add_parser(
+        "update", help="accept a dataset's changed content (after `verify` says CHANGED)"
+    )
+    update.add_argument("name")
+    _add_json(update)
+    update.set_defaults(func=cmd_dataset_update)
     check = dataset_commands.add_parser(
         "verify", help="re-hash datasets; exit 1 if any changed since registration"
     )

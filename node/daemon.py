@@ -19,6 +19,7 @@ from common import __version__
 from common.constants import (
     HEARTBEAT_INTERVAL,
     PROTOCOL_VERSION,
+    RECONNECT_AFTER_SESSION_MAX_DELAY,
     RECONNECT_BACKOFF,
     RECONNECT_INITIAL_DELAY,
     RECONNECT_MAX_DELAY,
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 
 #: Exit code when the researcher refuses this node for good (wrong credentials, protocol).
 EXIT_REFUSED = 3
+
+#: Seconds a stopping node waits for its task thread to wind down: killing the task process
+#: is immediate, so this only bounds a stuck upload or log relay.
+TASK_STOP_JOIN_SECONDS = 5.0
 
 
 class _Session:
@@ -83,6 +88,8 @@ class NodeDaemon:
         self._tasks: queue.Queue[pb.TaskRequest | None] = queue.Queue()
         self._stub: pb_grpc.FederationStub | None = None
         self._call: Any = None
+        #: True between a session the researcher ended and the next one: retries are routine.
+        self._waiting_quietly = False
         self._handler = TaskHandler(
             home,
             self._executor,
@@ -130,24 +137,32 @@ class NodeDaemon:
         worker = threading.Thread(target=self._task_loop, name="tasks", daemon=True)
         worker.start()
         delay = RECONNECT_INITIAL_DELAY
+        max_delay = RECONNECT_MAX_DELAY
         code = 0
         try:
             while not self._stop.is_set():
-                started = time.monotonic()
                 outcome = self._connect_once()
                 if outcome == "refused":
                     code = EXIT_REFUSED
                     break
                 if self._stop.is_set():
                     break
-                if time.monotonic() - started > 30:
-                    delay = RECONNECT_INITIAL_DELAY  # a long healthy session resets the backoff
-                log.warning("retrying the researcher at %s in %.1f s", self.researcher, delay)
+                if outcome == "ended":
+                    # The researcher ended its run: the next one is likely soon, so poll
+                    # briskly from the start again rather than after a long backoff.
+                    self._waiting_quietly = True
+                    delay, max_delay = RECONNECT_INITIAL_DELAY, RECONNECT_AFTER_SESSION_MAX_DELAY
+                elif outcome == "dropped":
+                    delay = RECONNECT_INITIAL_DELAY  # after a good session, retry at once
+                level = logging.DEBUG if self._waiting_quietly else logging.WARNING
+                log.log(level, "retrying the researcher at %s in %.1f s", self.researcher, delay)
                 self._stop.wait(delay)
-                delay = min(delay * RECONNECT_BACKOFF, RECONNECT_MAX_DELAY)
+                delay = min(delay * RECONNECT_BACKOFF, max_delay)
         finally:
             self._tasks.put(None)
             self._executor.close()
+            # Let a task killed by the close report how it ended before the process exits.
+            worker.join(timeout=TASK_STOP_JOIN_SECONDS)
             self._publish(connected=False, stopped_at=utc_now())
         return code
 
@@ -194,7 +209,10 @@ class NodeDaemon:
         return grpc.secure_channel(self.researcher, self._credentials, options=channel_options())
 
     def _connect_once(self) -> str:
+        """One session: "refused", "ended" (closed by the researcher), "dropped" (cut after
+        the welcome) or "unreachable" (no welcome)."""
         session = _Session()
+        welcomed = False
         hello = self._hello()
 
         def outgoing() -> Iterator[pb.NodeMessage]:
@@ -242,9 +260,15 @@ class NodeDaemon:
                     target=self._heartbeat, args=(session,), name="heartbeat", daemon=True
                 )
                 heart.start()
+                self._waiting_quietly = False
+                welcomed = True
                 for message in responses:
                     self._dispatch(message)
-                log.warning("the researcher at %s closed the connection", self.researcher)
+                log.info(
+                    "the researcher at %s ended the session; waiting for its next run",
+                    self.researcher,
+                )
+                return "ended"
             except grpc.RpcError as exc:
                 self._log_rpc_error(exc)
                 if exc.code() in (
@@ -259,7 +283,7 @@ class NodeDaemon:
                         self._session = None
                 if self._status.connected:
                     self._publish(connected=False, connected_since=None)
-        return "lost"
+        return "dropped" if welcomed else "unreachable"
 
     def _log_rpc_error(self, exc: grpc.RpcError) -> None:
         code = exc.code() if hasattr(exc, "code") else None
@@ -273,6 +297,8 @@ class NodeDaemon:
                     cause,
                     details,
                 )
+            elif self._waiting_quietly:
+                log.debug("researcher at %s is unreachable (%s)", self.researcher, details)
             else:
                 log.warning("researcher at %s is unreachable (%s)", self.researcher, details)
         elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):

@@ -126,6 +126,7 @@ class TaskExecutor:
         self._log_sink: LogSink = lambda level, message: None
         self._running: dict[str, int] = {}  # task_id -> child pid
         self._cancelled: dict[str, str] = {}
+        self._closed = False
 
     def _relay_log(self, level: str, message: str) -> None:
         self._log_sink(level, message)
@@ -140,6 +141,15 @@ class TaskExecutor:
         self, task_id: str, spec: dict[str, Any], spec_path: Path, timeout: float, on_log: LogSink
     ) -> TaskOutcome:
         """Run a task; never raises for plan failures, returns an error result instead."""
+        outcome = self._run(task_id, spec, spec_path, timeout, on_log)
+        if self._closed and not outcome.result.get("ok"):
+            # Whatever broke did so because close() killed it: say so, not "worker died".
+            return TaskOutcome(_error(STOPPED_KIND, "the node was stopped during training"))
+        return outcome
+
+    def _run(
+        self, task_id: str, spec: dict[str, Any], spec_path: Path, timeout: float, on_log: LogSink
+    ) -> TaskOutcome:
         spec = {**spec, "max_memory_mb": self._max_memory_mb}
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         result_path = Path(spec["result_path"])
@@ -212,13 +222,20 @@ class TaskExecutor:
         return True
 
     def close(self) -> None:
+        """Stop for good: running tasks are killed and end as STOPPED_KIND errors."""
         with self._lock:
+            self._closed = True
             pids = list(self._running.values())
             zygote, self._zygote = self._zygote, None
         for pid in pids:
             _kill_group(pid)
         if zygote is not None:
             zygote.close()
+
+
+#: Error kind of a task killed because the node itself is stopping (Ctrl-C, SIGTERM): an
+#: operator's action, logged as such, not a training failure.
+STOPPED_KIND = "NodeStopped"
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import json
 import re
+import shlex
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import DatasetError
+from common.tags import tag_problem
 from node.datasets import VerifyResult, inspect_dataset, verify
 from node.home import connect_database, create_tables, utc_now
 
@@ -84,7 +86,8 @@ class DatasetRecord:
 
 
 def normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
-    """Strip, drop empty and deduplicate tags, keeping case and order; refuse commas."""
+    """Strip, drop empty and deduplicate tags, keeping case and order; refuse commas and tags
+    without the leading `#` (common.tags)."""
     seen: dict[str, None] = {}
     for raw in tags:
         tag = raw.strip()
@@ -96,6 +99,9 @@ def normalize_tags(tags: Iterable[str]) -> tuple[str, ...]:
         if any(not ch.isprintable() for ch in tag):
             raise DatasetError(f"tag {tag!r} contains a control character: remove it", field="tags")
         if tag:
+            problem = tag_problem(tag)
+            if problem is not None:
+                raise DatasetError(problem, field="tags")
             seen.setdefault(tag, None)
     return tuple(seen)
 
@@ -253,9 +259,10 @@ class DatasetRegistry:
         return record
 
     def _taken(self, name: str) -> DatasetError:
+        home = shlex.quote(str(self.db_path.parent))
         return DatasetError(
             f"a dataset named {name!r} is already registered: choose another name, or remove "
-            f"it first with `fedloom node dataset remove {name}`",
+            f"it first with `fedloom node --home {home} dataset remove {name}`",
             field="name",
         )
 

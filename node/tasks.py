@@ -19,7 +19,7 @@ from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 from common.secagg.advert import NodeIdentity
 from common.training_args import TrainingArgs
-from node.executor import TaskExecutor
+from node.executor import STOPPED_KIND, TaskExecutor
 from node.home import NodeHome
 from node.plans import PlanRegistry
 from node.registry import DatasetRegistry
@@ -107,7 +107,7 @@ class TaskHandler:
         self.current_task = None
         self.current_experiment = None
         self.on_task_change(None, None)
-        if not self._send(pb.NodeMessage(reply=reply)):
+        if not self._send(pb.NodeMessage(reply=reply)) and reply.error.kind != STOPPED_KIND:
             log.warning(
                 "task %s finished but the researcher is not connected; reply dropped", task.task_id
             )
@@ -216,7 +216,10 @@ class TaskHandler:
         if not result.get("ok"):
             reply = _error_reply(task, result.get("kind", "PlanError"), result.get("message", ""))
             reply.error.traceback = result.get("traceback", "")
-            log.error("training failed: %s: %s", reply.error.kind, reply.error.message)
+            if reply.error.kind == STOPPED_KIND:
+                log.info("task %s abandoned: %s", task.task_id, reply.error.message)
+            else:
+                log.error("training failed: %s: %s", reply.error.kind, reply.error.message)
             return reply
         payload_id = f"reply-{task.task_id}"
         upload_payload(stub, self.home.node_id, payload_id, task_dir / "reply.bin")

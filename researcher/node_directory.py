@@ -98,6 +98,8 @@ class NodeDirectory:
     def __init__(self) -> None:
         self._nodes: dict[str, ConnectedNode] = {}
         self._lock = threading.Condition()
+        #: Set by the server when it shuts down: nodes leaving then is expected.
+        self.closing = False
         self._listeners: list[Listener] = []
 
     def add_listener(self, listener: Listener) -> None:
@@ -149,7 +151,9 @@ class NodeDirectory:
             self._lock.notify_all()
         node.outbox.put(None)
         if was_alive:
-            log.warning("node %s disconnected: %s", node.label, reason)
+            # At shutdown every node leaves: that is the normal end of a run, not a warning.
+            level = logging.INFO if self.closing else logging.WARNING
+            log.log(level, "node %s disconnected: %s", node.label, reason)
             self.emit("disconnected", node, reason)
 
     def get(self, node_id: str) -> ConnectedNode | None:

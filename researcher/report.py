@@ -21,8 +21,17 @@ from researcher.history import (
     RoundRecord,
     rounds_from_rows,
 )
+from researcher.tables import Column, print_table
 
-__all__ = ["RoundSummary", "load_history", "plot_history", "summarize", "summary_table"]
+__all__ = [
+    "TRAIN_LOSS_LABEL",
+    "RoundSummary",
+    "format_number",
+    "load_history",
+    "plot_history",
+    "print_summary",
+    "summarize",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,18 @@ PANELS_PER_ROW = 3
 #: Figure size per panel in inches, and resolution: a 3-panel row is ~1500 px wide.
 PANEL_INCHES = (5.0, 3.6)
 DPI = 100
+
+#: What the loss column holds, said the same way in every table and in the live display.
+TRAIN_LOSS_LABEL = "mean train loss"
+
+#: A run longer than this many rounds is summarised: its first HEAD_ROUNDS, its best round
+#: and its last TAIL_ROUNDS (a screenful either way; `--all` prints every round).
+LONG_RUN_ROUNDS = 20
+HEAD_ROUNDS = 3
+TAIL_ROUNDS = 5
+#: The gap row between shown rounds, and the mark of the best round.
+GAP = "..."
+BEST_MARK = "*"
 
 
 @dataclass(frozen=True)
@@ -91,28 +112,78 @@ def summarize(records: list[RoundRecord]) -> list[RoundSummary]:
     ]
 
 
-def summary_table(summaries: list[RoundSummary], title: str) -> Any:
-    """A rich Table of the summaries (metrics as columns)."""
-    from rich.table import Table
+def print_summary(
+    console: Any, summaries: list[RoundSummary], title: str, *, all_rounds: bool = False
+) -> None:
+    """Print the per-round table on a rich console, fitted to its width (see researcher.tables).
 
+    A run longer than LONG_RUN_ROUNDS shows its first and last rounds and its best round
+    (lowest mean training loss) unless `all_rounds`.
+    """
     metric_names = sorted({name for s in summaries for name in s.metrics})
-    table = Table(title=title)
-    for column in ("round", "answered", "failed", "mean loss", *metric_names, "seconds"):
-        table.add_column(column, justify="right")
-    for s in summaries:
-        table.add_row(
-            str(s.round),
-            str(s.answered),
-            str(s.failed),
-            _fmt(s.mean_loss),
-            *(_fmt(s.metrics.get(name)) for name in metric_names),
-            f"{s.seconds:.2f}",
+    columns = [
+        Column("round"),
+        Column("answered"),
+        Column("failed"),
+        Column(TRAIN_LOSS_LABEL),
+        *(Column(name) for name in metric_names),
+        Column("seconds"),
+    ]
+    best = _best_round(summaries)
+    shown = summaries if all_rounds else _shown_rounds(summaries, best)
+    rows: list[list[str]] = []
+    previous: int | None = None
+    for s in shown:
+        if previous is not None and s.round != previous + 1:
+            rows.append([GAP, *([""] * (len(columns) - 1))])
+        previous = s.round
+        rows.append(
+            [
+                f"{s.round}{BEST_MARK if best is not None and s.round == best.round else ''}",
+                str(s.answered),
+                str(s.failed),
+                format_number(s.mean_loss),
+                *(format_number(s.metrics.get(name)) for name in metric_names),
+                f"{s.seconds:.2f}",
+            ]
         )
-    return table
+    print_table(console, title, columns, rows)
+    notes = []
+    if len(shown) < len(summaries):
+        notes.append(
+            f"{len(summaries) - len(shown)} of {len(summaries)} rounds not shown: "
+            "`fedloom researcher report DIR --all` lists every round"
+        )
+    if best is not None:
+        notes.append(
+            f"{BEST_MARK} best round: {best.round}, lowest {TRAIN_LOSS_LABEL} "
+            f"{format_number(best.mean_loss)}"
+        )
+    for note in notes:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
 
 
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+def _best_round(summaries: list[RoundSummary]) -> RoundSummary | None:
+    scored = [s for s in summaries if s.mean_loss is not None and math.isfinite(s.mean_loss)]
+    return min(scored, key=lambda s: (s.mean_loss, s.round)) if scored else None
+
+
+def _shown_rounds(summaries: list[RoundSummary], best: RoundSummary | None) -> list[RoundSummary]:
+    if len(summaries) <= LONG_RUN_ROUNDS:
+        return summaries
+    shown = summaries[:HEAD_ROUNDS] + summaries[-TAIL_ROUNDS:]
+    if best is not None and best not in shown:
+        shown.insert(HEAD_ROUNDS, best)
+    return shown
+
+
+def format_number(value: float | None) -> str:
+    """4 decimals; scientific notation where 4 decimals would hide the value or run long."""
+    if value is None:
+        return ""
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6) and math.isfinite(value):
+        return f"{value:.4g}"
+    return f"{value:.4f}"
 
 
 def plot_history(records: list[RoundRecord], path: Path, title: str = "") -> Path:

@@ -75,6 +75,7 @@ class ResearcherServer:
 
     def stop(self, grace: float = 1.0) -> None:
         if self._started:
+            self.directory.closing = True
             for node in self.directory.connected():
                 node.outbox.put(None)
             self._server.stop(grace).wait()

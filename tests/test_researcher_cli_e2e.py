@@ -122,7 +122,7 @@ def test_toml_run_with_round_override_then_report_then_resume(
         assert {"local_accuracy", "local_f1", "global_accuracy", "global_f1"} <= set(row["metrics"])
     assert [p.name for p in list_checkpoints(folder)] == ["round-000001", "round-000002"]
     assert (folder / "experiment.toml").read_text() == toml.read_text()
-    assert "mean loss" in first.stdout and "local_accuracy" in first.stdout
+    assert "mean train loss" in first.stdout and "local_accuracy" in first.stdout
     experiment_id = read_checkpoint_state(list_checkpoints(folder)[-1])["experiment_id"]
 
     report = _run("report", str(folder), "--json")
@@ -227,6 +227,7 @@ def test_ctrl_c_stops_the_run_and_leaves_a_loadable_checkpoint(
     assert time.monotonic() - interrupted_at < 15  # stops promptly, not after the 50 rounds
     assert "interrupted: round " in log and "is the last completed and checkpointed round" in log
     assert "Traceback" not in log
+    assert "final global parameters" not in log and "'s parameters written to" in log
 
     exp = Experiment.load_breakpoint(folder)
     done = exp.round_current()

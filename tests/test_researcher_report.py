@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import matplotlib.image
 import pytest
+from rich.console import Console
 
 from researcher.history import MetricsLog, NodeRoundRecord, RoundRecord
+from researcher.report import RoundSummary, print_summary
 from tests.conftest import ROOT, fedloom_cmd
 
 
@@ -101,7 +105,7 @@ def test_report_table_prints_the_rounds(tmp_path: Path) -> None:
     proc = _report(str(tmp_path), "--output", str(out_png))
     assert proc.returncode == 0, proc.stderr
     assert out_png.exists()
-    assert "local_accuracy" in proc.stdout and "mean loss" in proc.stdout
+    assert "local_accuracy" in proc.stdout and "mean train loss" in proc.stdout
     # round 1: (0.9*100 + 0.6*300) / 400 = 0.675
     assert "0.6750" in proc.stdout
     assert f"plot written to {out_png}" in proc.stdout.replace("\n", "")
@@ -112,3 +116,82 @@ def test_report_on_a_folder_without_metrics_names_the_experiments_inside(tmp_pat
     proc = _report(str(tmp_path))
     assert proc.returncode == 2
     assert "no metrics.jsonl in" in proc.stderr and "exp-a" in proc.stderr
+
+
+def _summaries(n_rounds: int, n_metrics: int = 5) -> list[RoundSummary]:
+    """Rounds whose loss falls to its lowest at round n_rounds // 2, then rises again."""
+    best = n_rounds // 2
+    return [
+        RoundSummary(
+            round=r,
+            answered=3,
+            failed=0,
+            mean_loss=0.1 + abs(r - best) * 0.001,
+            metrics={f"validation_metric_{i}": 0.123456 + i for i in range(n_metrics)},
+            seconds=1.25,
+        )
+        for r in range(1, n_rounds + 1)
+    ]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_summary_on_a_terminal_fits_the_width_and_never_cuts_a_number(width: int) -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=width, force_terminal=True, color_system=None)
+    print_summary(console, _summaries(4), "exp")
+    text = out.getvalue()
+    assert all(len(line) <= width for line in text.splitlines())
+    assert "…" not in text
+    for i in range(5):  # every metric value is printed whole, in some table
+        assert f"{0.123456 + i:.4f}" in text
+    assert text.count("0.1010") == 2 and "0.1000" in text and "0.1020" in text
+    # column names wrap (at `_`) rather than numbers: no name part is longer than itself
+    assert "validation_" in text and "metric_0" in text.replace("\n", "")
+
+
+def test_summary_piped_is_plain_aligned_text_of_full_width() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=80)  # a file, not a terminal
+    print_summary(console, _summaries(3), "exp")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "exp"
+    header = lines[1].split()
+    assert header[:3] == ["round", "answered", "failed"]
+    assert "validation_metric_4" in header
+    assert len(lines[1]) > 80  # not squeezed into 80 columns
+    assert not any(ch in out.getvalue() for ch in "…─│")
+    # numbers right-aligned under their names: every row is as long as the header
+    assert {len(line) for line in lines[1:5]} == {len(lines[1])}
+
+
+def test_a_long_run_shows_first_best_and_last_rounds() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    print_summary(console, _summaries(300, n_metrics=1), "exp")
+    rounds = [line.split()[0] for line in out.getvalue().splitlines()[2:] if line.strip()]
+    table = rounds[: rounds.index("300") + 1]
+    assert table == ["1", "2", "3", "...", "150*", "...", "296", "297", "298", "299", "300"]
+    text = out.getvalue()
+    assert "291 of 300 rounds not shown" in text and "--all" in text
+    assert "* best round: 150, lowest mean train loss 0.1000" in text
+
+    every = io.StringIO()
+    print_summary(Console(file=every, width=200), _summaries(300, 1), "exp", all_rounds=True)
+    assert len(every.getvalue().splitlines()) == 2 + 300 + 1  # title, header, rows, best note
+
+
+def test_report_piped_into_a_file_prints_every_number_whole(tmp_path: Path) -> None:
+    _metrics(tmp_path)
+    proc = subprocess.run(
+        fedloom_cmd("researcher", "report", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["1"])
+    # round 1: 2 answered, 0 failed, loss 0.675, accuracy (0.6*100+0.65*300)/400, f1 ...
+    assert row.split()[:5] == ["1", "2", "0", "0.6750", "0.6375"]

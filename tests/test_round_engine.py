@@ -100,6 +100,9 @@ class ScriptedExchange:
 
 
 class Listener:
+    def waiting_for_nodes(self, connected, eligible, needed, wanted) -> None:  # type: ignore[no-untyped-def]
+        pass
+
     def round_started(self, round_number: int, nodes: Mapping[str, str]) -> None:
         pass
 

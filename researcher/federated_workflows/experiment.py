@@ -42,6 +42,7 @@ from researcher.rounds import GrpcExchange, PlanInfo, RoundSetup, run_round
 from researcher.rounds.exchange import Exchange
 from researcher.rounds.reply import TrainReply
 from researcher.rounds.round import RoundResult
+from researcher.run_control import RunControl
 from researcher.run_options import RunOptions, default_run_options
 from researcher.server import get_server
 from researcher.strategies import DefaultStrategy, Strategy
@@ -381,15 +382,25 @@ class Experiment:
         first, last = self._state.round + 1, self._state.round + rounds
         progress = make_progress(self._show_progress)
         tensorboard = TensorBoardLog.open(self.experimentation_folder(), first)
-        completed = False
+        control = RunControl(self.experimentation_folder())
+        control.started(self.id, first, last)
+        outcome, error = "failed", ""
         try:
             progress.start(self.id, first, last)
             while self._state.round < last:
                 self._run_one(
                     exchange, setup, progress, tensorboard, settle=self._state.round + 1 == first
                 )
-            completed = True
+                control.round_done(self._state.round, self._state.history[-1].mean_loss)
+                if self._state.round < last and control.stop_requested():
+                    log.info(
+                        "stop requested: the run ends after round %d's checkpoint",
+                        self._state.round,
+                    )
+                    break
+            outcome = "done" if self._state.round == last else "stopped"
         except KeyboardInterrupt:
+            outcome = "interrupted"
             log.warning(
                 "interrupted: round %d is the last completed and checkpointed round (in %s); a "
                 "round under way is dropped. Resume with `fedloom researcher run ... --resume` "
@@ -399,12 +410,16 @@ class Experiment:
                 str(self.experimentation_folder()),
             )
             raise
+        except BaseException as exc:
+            error = str(exc)
+            raise
         finally:
-            progress.stop()
+            progress.stop(outcome)
             if tensorboard is not None:
                 tensorboard.close()
-            if completed:
+            if outcome in ("done", "stopped"):
                 self._save_final()
+            control.finished(outcome, error)
         return rounds
 
     def run_once(self, increase: bool = False) -> int:

@@ -10,14 +10,18 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from common.errors import ConfigurationError, NoMatchingNodesError, RoundFailedError
 from common.training_args import TrainingArgs
 from researcher.rounds.exchange import Exchange, NodeView
 
-__all__ = ["SETTLE_SECONDS", "Strategy"]
+__all__ = ["SETTLE_SECONDS", "Strategy", "WaitListener"]
+
+#: Hears, while a round waits for nodes: the connected nodes, the eligible ones, how many
+#: are needed (the progress display's "2 of 3 connected").
+WaitListener = Callable[[Sequence[NodeView], Sequence[NodeView], int], None]
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +64,14 @@ class Strategy(abc.ABC):
         timeout: float,
         *,
         settle: bool,
+        on_wait: WaitListener | None = None,
     ) -> list[NodeView]:
         """Wait until enough nodes holding `tags` are connected; return the eligible ones.
 
         A run fails at once, listing every connected node's tags, when enough nodes are
         connected but too few hold the tags; it fails after `timeout` seconds when too few
         nodes connect at all. `settle` (first round) waits a moment for nodes starting
-        together.
+        together. `on_wait(connected, eligible, needed)` hears each change while it waits.
         """
         needed = self.min_nodes if restrict_to is None else len(restrict_to)
 
@@ -77,7 +82,10 @@ class Strategy(abc.ABC):
             return nodes
 
         def eligible() -> list[NodeView]:
-            return [n for n in candidates() if n.matching_dataset(tags) is not None]
+            nodes = [n for n in candidates() if n.matching_dataset(tags) is not None]
+            if on_wait is not None and len(nodes) < needed:
+                on_wait(exchange.connected(), nodes, needed)
+            return nodes
 
         if len(eligible()) < needed:
             log.info(

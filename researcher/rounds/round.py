@@ -72,6 +72,13 @@ class RoundSetup:
 class RoundListener(Protocol):
     """Who follows a round as it happens (the progress display)."""
 
+    def waiting_for_nodes(
+        self,
+        connected: Sequence[NodeView],
+        eligible: Sequence[NodeView],
+        needed: int,
+        wanted: Sequence[str] | None,
+    ) -> None: ...
     def round_started(self, round_number: int, nodes: Mapping[str, str]) -> None: ...
     def node_answered(
         self, round_number: int, node_id: str, loss: float | None, n_samples: int
@@ -104,7 +111,14 @@ def run_round(
     """Run round `round_number` from `global_params`; raise RoundFailedError if it cannot finish."""
     strategy = setup.strategy
     eligible = strategy.wait_for_nodes(
-        exchange, setup.tags, setup.nodes, setup.node_wait_timeout, settle=settle
+        exchange,
+        setup.tags,
+        setup.nodes,
+        setup.node_wait_timeout,
+        settle=settle,
+        on_wait=lambda connected, nodes, needed: listener.waiting_for_nodes(
+            connected, nodes, needed, setup.nodes
+        ),
     )
     chosen = set(strategy.select([n.node_id for n in eligible], round_number))
     selected = [n for n in eligible if n.node_id in chosen]
