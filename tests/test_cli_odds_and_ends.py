@@ -101,7 +101,7 @@ def test_a_changed_dataset_is_updated_in_place_and_verifies_again(
     duplicate = _fedloom(*node, "dataset", "add", "--name", "a", "--tags", "#t",
                          "--path", str(data))  # fmt: skip
     assert duplicate.returncode == 2
-    assert f"fedloom node --home '{home}' dataset update a" in duplicate.stderr
+    assert f"fedloom node --home '{home}' dataset remove a" in duplicate.stderr
 
     _csv(data, 25)  # the data grew
     changed = _fedloom(*node, "dataset", "verify")
@@ -111,11 +111,12 @@ def test_a_changed_dataset_is_updated_in_place_and_verifies_again(
     updated = _fedloom(*node, "dataset", "update", "a", "--json")
     assert updated.returncode == 0, updated.stderr
     assert '"n_samples": 25' in updated.stdout and '"target": "y"' in updated.stdout
+    assert '"tags": [\n    "#t"\n  ]' in updated.stdout  # kept
     assert _fedloom(*node, "dataset", "verify").returncode == 0
 
-    missing = _fedloom(*node, "dataset", "update", "a", "--path", str(tmp_path / "nope.csv"))
-    assert missing.returncode == 2
-    assert _fedloom(*node, "dataset", "verify").returncode == 0  # the old entry is intact
+    data.write_text("not,a\n")  # no target column any more: refused, the entry stays
+    assert _fedloom(*node, "dataset", "update", "a").returncode == 2
+    assert '"n_samples": 25' in _fedloom(*node, "dataset", "show", "a", "--json").stdout
 
 
 def test_researcher_address_without_a_port_is_refused(home: Path) -> None:

@@ -227,7 +227,6 @@ def test_ctrl_c_stops_the_run_and_leaves_a_loadable_checkpoint(
     assert time.monotonic() - interrupted_at < 15  # stops promptly, not after the 50 rounds
     assert "interrupted: round " in log and "is the last completed and checkpointed round" in log
     assert "Traceback" not in log
-    assert "final global parameters" not in log and "'s parameters written to" in log
 
     exp = Experiment.load_breakpoint(folder)
     done = exp.round_current()

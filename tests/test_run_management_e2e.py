@@ -96,7 +96,6 @@ def test_ls_logs_and_stop_work_from_another_shell_while_a_run_goes(
     assert result["final_params"] == str(folder / "final_params.npz")
     assert list_checkpoints(folder)[-1].name == f"round-{done:06d}"
     assert all(row["n_steps"] == 2 for row in _rows(folder))  # --set reached the nodes
-    assert "final global parameters" not in stderr  # the run was stopped, not finished
     assert "Traceback" not in stderr
 
     followed, _ = follower.communicate(timeout=60)  # --follow ends with the run
