@@ -18,6 +18,10 @@ from tests.test_researcher_cli_e2e import RUN_TIMEOUT, _experiment_toml, _rows, 
 
 pytestmark = pytest.mark.slow
 
+#: Rounds of the managed run: far more than it can run before the test stops it (a round
+#: takes about a second, each CLI call several on a loaded 2-core box).
+ROUNDS = 5000
+
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -30,20 +34,22 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _popen(*args: str, stdout: object = subprocess.PIPE) -> subprocess.Popen[str]:
+def _popen(log_dir: Path, name: str, *args: str) -> subprocess.Popen[str]:
+    """`fedloom researcher ARGS` in the background, its stdout and stderr in files (a pipe
+    nobody reads would fill up and block a long run)."""
     return subprocess.Popen(
         fedloom_cmd("researcher", *args),
-        stdout=stdout,  # type: ignore[arg-type]
-        stderr=subprocess.PIPE,
+        stdout=open(log_dir / f"{name}.out", "w"),
+        stderr=open(log_dir / f"{name}.err", "w"),
         text=True,
         cwd=ROOT,
     )
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen[str], stderr: Path) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT
     while not path.exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert proc.poll() is None, stderr.read_text()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)
 
@@ -51,9 +57,11 @@ def _wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
 def test_ls_logs_and_stop_work_from_another_shell_while_a_run_goes(
     tmp_path, start_node, researcher_address
 ):
-    toml = _experiment_toml(tmp_path, "managed", rounds=50)
+    toml = _experiment_toml(tmp_path, "managed", rounds=ROUNDS)
     out = tmp_path / "runs"
     run = _popen(
+        tmp_path,
+        "run",
         "run",
         str(toml),
         "--address",
@@ -68,39 +76,39 @@ def test_ls_logs_and_stop_work_from_another_shell_while_a_run_goes(
     )
     _start_nodes(tmp_path, start_node, researcher_address)
     folder = out / "managed"
-    _wait_for(folder / "checkpoints" / "round-000001", run)
+    _wait_for(folder / "checkpoints" / "round-000001", run, tmp_path / "run.err")
 
     listing = _cli("ls", "--out", str(out), "--json")
     assert listing.returncode == 0, listing.stderr
     (entry,) = json.loads(listing.stdout)
-    assert (entry["name"], entry["state"], entry["last_round"]) == ("managed", "running", 50)
+    assert (entry["name"], entry["state"], entry["last_round"]) == ("managed", "running", ROUNDS)
     assert entry["rounds_done"] >= 1 and entry["last_loss"] > 0
 
     table = _cli("ls", "--out", str(out))
     assert table.returncode == 0
-    assert "managed" in table.stdout and "running" in table.stdout and "/50" in table.stdout
+    assert "managed" in table.stdout and "running" in table.stdout and f"/{ROUNDS}" in table.stdout
 
-    follower = _popen("logs", "managed", "--follow", "--out", str(out))
+    follower = _popen(tmp_path, "follow", "logs", "managed", "--follow", "--out", str(out))
     stop = _cli("stop", "managed", "--out", str(out), "--wait", "--timeout", "120")
     assert stop.returncode == 0, stop.stderr
     assert "stops after the current round's checkpoint" in stop.stdout
     assert "managed is stopped after round" in stop.stdout
 
-    stdout, stderr = run.communicate(timeout=RUN_TIMEOUT)
-    assert run.returncode == 0, stderr[-3000:]
-    summary = json.loads(stdout)
+    assert run.wait(timeout=RUN_TIMEOUT) == 0, (tmp_path / "run.err").read_text()[-3000:]
+    stderr = (tmp_path / "run.err").read_text()
+    summary = json.loads((tmp_path / "run.out").read_text())
     (result,) = summary["runs"]
     done = result["rounds_done"]
-    assert summary["exit_code"] == 0 and result["state"] == "stopped" and done < 50
+    assert summary["exit_code"] == 0 and result["state"] == "stopped" and done < ROUNDS
     assert [r["round"] for r in result["rounds"]] == list(range(1, done + 1))
     assert result["final_params"] == str(folder / "final_params.npz")
     assert list_checkpoints(folder)[-1].name == f"round-{done:06d}"
     assert all(row["n_steps"] == 2 for row in _rows(folder))  # --set reached the nodes
     assert "Traceback" not in stderr
 
-    followed, _ = follower.communicate(timeout=60)  # --follow ends with the run
-    assert follower.returncode == 0
-    assert f"round {done}/50 done" in followed
+    assert follower.wait(timeout=60) == 0  # --follow ends with the run
+    followed = (tmp_path / "follow.out").read_text()
+    assert f"round {done}/{ROUNDS} done" in followed
     assert f"stop requested: the run ends after round {done}'s checkpoint" in followed
 
     after = json.loads(_cli("ls", "--out", str(out), "--json").stdout)
