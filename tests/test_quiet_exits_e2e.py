@@ -72,7 +72,7 @@ def test_a_run_that_ends_normally_warns_of_nothing(tmp_path, start_node, caplog)
     warnings = [
         r
         for r in caplog.records
-        if r.levelno >= logging.WARNING and r.name != "researcher.settings"  # --insecure notice
+        if r.levelno >= logging.WARNING and "WITHOUT TLS (--insecure)" not in r.getMessage()
     ]
     assert warnings == [], [r.getMessage() for r in warnings]
     for node in nodes:
