@@ -230,3 +230,14 @@ def test_cli_refuses_an_invalid_toml_with_the_key_and_exit_code_2(tmp_path: Path
     assert proc.returncode == 2, proc.stderr
     assert "[agg_optimizer] lr must be positive, got -1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_tags_without_the_hash_mark_are_refused_in_python_and_toml(tmp_path: Path) -> None:
+    from researcher.federated_workflows import Experiment
+
+    with pytest.raises(ConfigurationError, match=r"must start with '#'.*'#heart'"):
+        Experiment(tags=["heart"])
+    toml = tmp_path / "exp.toml"
+    toml.write_text('tags = ["heart"]\nrounds = 1\n[plan]\nfile = "p.py"\nclass = "P"\n')
+    with pytest.raises(ConfigurationError, match=r"tags: tag 'heart' must start with '#'"):
+        load_experiment_config(toml)

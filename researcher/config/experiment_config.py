@@ -39,6 +39,7 @@ from typing import Any
 
 from common.errors import ConfigurationError, SecaggError
 from common.secagg import SecureAggregation
+from common.tags import tag_problem
 from common.training_args import TrainingArgs
 from researcher.checkpoint import DEFAULT_KEEP_CHECKPOINTS
 from researcher.config.blocks import (
@@ -116,7 +117,7 @@ class ExperimentConfig:
         return cls(
             source=source,
             name=expect_str(data.get("name", source.stem), f"{where}: name"),
-            tags=expect_str_list(data["tags"], f"{where}: tags"),
+            tags=_checked_tags(expect_str_list(data["tags"], f"{where}: tags"), where),
             rounds=expect_int(data["rounds"], f"{where}: rounds", 1),
             plan=PlanConfig.from_table(data["plan"], f"{where}: [plan]", source.parent),
             nodes=expect_str_list(data["nodes"], f"{where}: nodes") if "nodes" in data else None,
@@ -167,6 +168,14 @@ class ExperimentConfig:
             keep_checkpoints=self.keep_checkpoints,
             run_options=run_options,
         )
+
+
+def _checked_tags(tags: list[str], where: str) -> list[str]:
+    for tag in tags:
+        problem = tag_problem(tag)
+        if problem is not None:
+            raise ConfigurationError(f"{where}: tags: {problem}")
+    return tags
 
 
 def _check_training_args(values: dict[str, Any], where: str) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from common.errors import ConfigurationError, FedloomError, SecaggError
 from common.optimizers.optimizer import Optimizer
 from common.secagg import SecureAggregation
+from common.tags import tag_problem
 from common.training_args import TrainingArgs
 from common.training_plans.base import BaseTrainingPlan
 from common.training_plans.source import plan_hash, plan_source
@@ -141,6 +142,10 @@ class Experiment:
             if not all(isinstance(t, str) for t in tags):
                 raise ConfigurationError(f"tags must be strings, got {list(tags)!r}")
             self._state.tags = list(tags)
+        for tag in self._state.tags:
+            problem = tag_problem(tag)
+            if problem is not None:
+                raise ConfigurationError(problem)
         return list(self._state.tags)
 
     def set_nodes(self, nodes: Sequence[str] | None) -> list[str] | None:
