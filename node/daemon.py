@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 #: Exit code when the researcher refuses this node for good (wrong credentials, protocol).
 EXIT_REFUSED = 3
 
+#: Seconds to wait for the task zygote's imports (torch, declearn: 2-10 s) before saying
+#: hello anyway; a node that says hello warm starts its first round as fast as the others.
+ZYGOTE_READY_TIMEOUT_SECONDS = 120.0
+
 
 class _Session:
     """One connection's outgoing queue; messages sent after it ends are dropped."""
@@ -127,6 +131,7 @@ class NodeDaemon:
         """Serve until stop(); reconnects with capped backoff after every cut."""
         self._executor.prepare()
         self._publish()
+        self._wait_zygote_ready()
         worker = threading.Thread(target=self._task_loop, name="tasks", daemon=True)
         worker.start()
         delay = RECONNECT_INITIAL_DELAY
@@ -150,6 +155,20 @@ class NodeDaemon:
             self._executor.close()
             self._publish(connected=False, stopped_at=utc_now())
         return code
+
+    def _wait_zygote_ready(self) -> None:
+        deadline = time.monotonic() + ZYGOTE_READY_TIMEOUT_SECONDS
+        while not self._executor.wait_ready(0.2):
+            if self._stop.is_set():
+                return
+            if time.monotonic() > deadline:
+                log.warning(
+                    "the task process is still importing after %.0f s; connecting anyway "
+                    "(the first round will wait for it)",
+                    ZYGOTE_READY_TIMEOUT_SECONDS,
+                )
+                return
+        log.debug("task process ready")
 
     def stop(self) -> None:
         """Leave the serve loop: close the session and cancel the open stream."""
