@@ -73,23 +73,25 @@ class FirstRoundMlp(TorchTrainingPlan):  # type: ignore[misc]
         return torch.nn.functional.mse_loss(self.model()(data).squeeze(1), target)
 
 
-def researcher_main(native: bool, hidden: int, rounds: int, out: Path) -> None:
+def researcher_main(native: bool, hidden: int, rounds: int, address: str, out: Path) -> None:
     from researcher.federated_workflows import Experiment
+    from researcher.run_options import RunOptions
     from researcher.server import get_server
 
+    options = RunOptions(address=address, out_dir=out.parent / "runs", insecure=True)
     exp = Experiment(
+        run_options=options,
         tags=["#first"],
         training_plan_class=FirstRoundMlp,
         model_args={"hidden": hidden, "native": native},
         training_args={"epochs": 1, "batch_size": 64},
         round_limit=rounds,
-        retain_node_params=False,
         node_wait_timeout=300,
     )
     # The researcher builds the plan once (model, and for a torch.optim plan the torch._dynamo
     # import): a researcher-side cost, kept out of the node-side figure measured here.
     exp.training_plan()
-    server = get_server()
+    server = get_server(options)
     hello_wait = time.perf_counter()
     if not server.directory.wait_until(lambda: len(server.directory.connected()) >= 1, 300):
         raise SystemExit("the node did not connect within 300 s")
@@ -128,13 +130,7 @@ def run_kind(native: bool, hidden: int, rounds: int, work: Path) -> dict[str, An
         datasets=[DatasetSpec("tiny", ["#first"], data, "csv", "y")],
         approved_plans=[ReviewedPlan("FirstRoundMlp", plan_source(FirstRoundMlp), "bench")],
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
-        "FEDLOOM_OUT": str(work / "runs"),
-        "FEDLOOM_RESEARCHER_ADDRESS": address,
-        "FEDLOOM_INSECURE": "1",
-    }
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}"}
     result_path = work / f"result-{kind}.json"
     with open(home / "bench-node.log", "wb") as node_log:
         node = subprocess.Popen(
@@ -143,7 +139,7 @@ def run_kind(native: bool, hidden: int, rounds: int, work: Path) -> dict[str, An
         try:
             subprocess.run(
                 [sys.executable, __file__, "--researcher", kind, "--hidden", str(hidden),
-                 "--rounds", str(rounds), "--result", str(result_path)],
+                 "--rounds", str(rounds), "--address", address, "--result", str(result_path)],
                 env=env, check=True, stdout=subprocess.DEVNULL,
             )  # fmt: skip
         finally:
@@ -159,9 +155,12 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=3170)
     parser.add_argument("--researcher", choices=["native", "fedloom"], help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--address", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.researcher:
-        researcher_main(args.researcher == "native", args.hidden, args.rounds, args.result)
+        researcher_main(
+            args.researcher == "native", args.hidden, args.rounds, args.address, args.result
+        )
         return 0
     n_params = 64 * args.hidden + args.hidden + args.hidden * args.hidden + 2 * args.hidden + 1
     print(f"MLP 64-{args.hidden}-{args.hidden}-1 ({n_params / 1e6:.2f}M parameters), 1 node, "
