@@ -10,6 +10,7 @@ float32 rounding after every step, over several rounds.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,27 @@ def _train_step(model: torch.nn.Module, adapter: Any, batch: tuple[torch.Tensor,
     adapter.step()
 
 
+def _start_round(adapters: tuple[Any, ...], scaffold_state: TorchVector | None = None) -> None:
+    for adapter in adapters:
+        if scaffold_state is not None:
+            state = copy.deepcopy(scaffold_state)
+            adapter.process_aux_var({"scaffold": ScaffoldAuxVar(state=state)})
+        adapter.init_round()
+
+
+def _train_both(
+    pair: tuple[torch.nn.Module, Any],
+    reference: tuple[torch.nn.Module, Any],
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """One round of steps on both models, same batches; weights compared after every step."""
+    for _ in range(STEPS_PER_ROUND):
+        batch = next(batches)
+        _train_step(*pair, batch)
+        _train_step(*reference, batch)
+        _assert_same_weights(pair[0], reference[0])
+
+
 def _assert_same_weights(fused: torch.nn.Module, generic: torch.nn.Module) -> None:
     for (name, a), (_, b) in zip(fused.named_parameters(), generic.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, msg=f"{name} differs")
@@ -131,13 +153,8 @@ def test_fused_steps_equal_declearn_math_over_rounds(name: str) -> None:
     model_fused, model_generic, fused, generic = _pair(SPECS[name])
     batches = iter(_batches(ROUNDS * STEPS_PER_ROUND))
     for _ in range(ROUNDS):
-        fused.init_round()
-        generic.init_round()
-        for _ in range(STEPS_PER_ROUND):
-            batch = next(batches)
-            _train_step(model_fused, fused, batch)
-            _train_step(model_generic, generic, batch)
-            _assert_same_weights(model_fused, model_generic)
+        _start_round((fused, generic))
+        _train_both((model_fused, fused), (model_generic, generic), batches)
         _assert_same_state(fused.optimizer, generic.optimizer)
         assert fused.optimizer.lr == pytest.approx(generic.optimizer.lr)
 
@@ -162,14 +179,8 @@ def test_fused_scaffold_client_equals_declearn_with_aux_vars(modules: list[Any])
                 for n, p in model_fused.named_parameters()
             }
         )
-        for adapter in (fused, generic):
-            adapter.process_aux_var({"scaffold": ScaffoldAuxVar(state=copy.deepcopy(global_state))})
-            adapter.init_round()
-        for _ in range(STEPS_PER_ROUND):
-            batch = next(batches)
-            _train_step(model_fused, fused, batch)
-            _train_step(model_generic, generic, batch)
-            _assert_same_weights(model_fused, model_generic)
+        _start_round((fused, generic), global_state)
+        _train_both((model_fused, fused), (model_generic, generic), batches)
         aux_fused = fused.collect_aux_var()["scaffold"]
         aux_generic = generic.collect_aux_var()["scaffold"]
         assert isinstance(aux_fused, ScaffoldAuxVar) and isinstance(aux_generic, ScaffoldAuxVar)
@@ -198,27 +209,16 @@ def test_state_saved_after_fused_steps_resumes_in_a_new_process_state() -> None:
     model, model_ref, first, reference = _pair(spec)
     batches = iter(_batches(2 * STEPS_PER_ROUND))
     zeros = TorchVector({n: torch.zeros(p.shape) for n, p in model.named_parameters()})
-    for adapter in (first, reference):
-        adapter.process_aux_var({"scaffold": ScaffoldAuxVar(state=copy.deepcopy(zeros))})
-        adapter.init_round()
-    for _ in range(STEPS_PER_ROUND):
-        batch = next(batches)
-        _train_step(model, first, batch)
-        _train_step(model_ref, reference, batch)
+    _start_round((first, reference), zeros)
+    _train_both((model, first), (model_ref, reference), batches)
     first.collect_aux_var()
     reference.collect_aux_var()
     meta, arrays = first.export_state()
     # A later round: a new Optimizer in a new task process gets the saved state.
     resumed = DeclearnTorchOptimizer(model, Optimizer.from_spec(spec))
     resumed.import_state(meta, arrays)
-    for adapter in (resumed, reference):
-        adapter.process_aux_var({"scaffold": ScaffoldAuxVar(state=copy.deepcopy(zeros))})
-        adapter.init_round()
-    for _ in range(STEPS_PER_ROUND):
-        batch = next(batches)
-        _train_step(model, resumed, batch)
-        _train_step(model_ref, reference, batch)
-        _assert_same_weights(model, model_ref)
+    _start_round((resumed, reference), zeros)
+    _train_both((model, resumed), (model_ref, reference), batches)
     _assert_same_state(resumed.optimizer, reference.optimizer)
 
 
