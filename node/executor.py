@@ -143,14 +143,12 @@ class TaskExecutor:
                 self._zygote = _Zygote(self._relay_log)
 
     def wait_ready(self, timeout: float) -> bool:
-        """Start the zygote if needed and wait until its imports are done (False on timeout).
+        """Wait until the zygote started by `prepare()` has done its imports (False on timeout).
 
-        A dead zygote counts as settled: the next task starts a new one.
+        A dead (or not started) zygote counts as settled: the next task starts a new one.
         """
-        self.prepare()
         zygote = self._zygote
-        assert zygote is not None
-        return zygote.settled.wait(timeout)
+        return zygote is None or zygote.settled.wait(timeout)
 
     def run(
         self, task_id: str, spec: dict[str, Any], spec_path: Path, timeout: float, on_log: LogSink
