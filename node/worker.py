@@ -273,8 +273,8 @@ def _serve_forks() -> None:
 
     Protocol on stdout, one line each: ``ready`` once imports are done, ``pid <child pid>``
     when a task starts and ``exit <child pid> <exit code>`` when it ends (negative: killed
-    by that signal). On
-    stderr, after the child's log lines, ``{"task_end": <child pid>}`` marks their end.
+    by that signal). On stderr, after the child's log lines, ``{"task_end": <child pid>}``
+    marks their end.
     """
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of the zygote or its children land in the log relay
