@@ -46,6 +46,10 @@ EXIT_REFUSED = 3
 #: is immediate, so this only bounds a stuck upload or log relay.
 TASK_STOP_JOIN_SECONDS = 5.0
 
+#: Seconds to wait for the task zygote's imports (torch, declearn: 2-10 s) before saying
+#: hello anyway; a node that says hello warm starts its first round as fast as the others.
+ZYGOTE_READY_TIMEOUT_SECONDS = 120.0
+
 
 class _Session:
     """One connection's outgoing queue; messages sent after it ends are dropped."""
@@ -134,6 +138,7 @@ class NodeDaemon:
         """Serve until stop(); reconnects with capped backoff after every cut."""
         self._executor.prepare()
         self._publish()
+        self._wait_zygote_ready()
         worker = threading.Thread(target=self._task_loop, name="tasks", daemon=True)
         worker.start()
         delay = RECONNECT_INITIAL_DELAY
@@ -165,6 +170,20 @@ class NodeDaemon:
             worker.join(timeout=TASK_STOP_JOIN_SECONDS)
             self._publish(connected=False, stopped_at=utc_now())
         return code
+
+    def _wait_zygote_ready(self) -> None:
+        deadline = time.monotonic() + ZYGOTE_READY_TIMEOUT_SECONDS
+        while not self._executor.wait_ready(0.2):
+            if self._stop.is_set():
+                return
+            if time.monotonic() > deadline:
+                log.warning(
+                    "the task process is still importing after %.0f s; connecting anyway "
+                    "(the first round will wait for it)",
+                    ZYGOTE_READY_TIMEOUT_SECONDS,
+                )
+                return
+        log.debug("task process ready")
 
     def stop(self) -> None:
         """Leave the serve loop: close the session and cancel the open stream."""

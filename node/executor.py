@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from node.worker import LOG_END_KEY
+from node.worker import LOG_END_KEY, READY_LINE
 
 __all__ = ["TaskExecutor", "TaskOutcome"]
 
@@ -64,6 +64,8 @@ class _Zygote:
             env=env,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
+        # Set once the zygote's imports are done, or when it died (nothing left to wait for).
+        self.settled = threading.Event()
         self._logs_ended: set[int] = set()
         self._logs_cond = threading.Condition()
         threading.Thread(target=self._read_protocol, name="zygote-out", daemon=True).start()
@@ -89,8 +91,12 @@ class _Zygote:
     def _read_protocol(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            if line.strip() == READY_LINE:
+                self.settled.set()
+                continue
             self.lines.put(line.strip())
         self.lines.put(None)
+        self.settled.set()
 
     def submit(self, spec_path: Path) -> None:
         assert self.proc.stdin is not None
@@ -136,6 +142,14 @@ class TaskExecutor:
         with self._lock:
             if self._zygote is None or not self._zygote.alive():
                 self._zygote = _Zygote(self._relay_log)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the zygote started by `prepare()` has done its imports (False on timeout).
+
+        A dead (or not started) zygote counts as settled: the next task starts a new one.
+        """
+        zygote = self._zygote
+        return zygote is None or zygote.settled.wait(timeout)
 
     def run(
         self, task_id: str, spec: dict[str, Any], spec_path: Path, timeout: float, on_log: LogSink

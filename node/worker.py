@@ -27,6 +27,9 @@ import numpy as np
 
 log = logging.getLogger("node.worker")
 
+#: The zygote's first protocol line: its imports are done and tasks start in milliseconds.
+READY_LINE = "ready"
+
 #: Key of the stderr line the zygote writes after a child's last log line (see _serve_forks).
 LOG_END_KEY = "task_end"
 
@@ -268,12 +271,14 @@ def _run_spec_file(spec_path: str) -> None:
 def _serve_forks() -> None:
     """Zygote loop: fork one fresh child per task spec path read on stdin.
 
-    Protocol on stdout, one line each: ``pid <child pid>`` when a task starts and
-    ``exit <child pid> <exit code>`` when it ends (negative: killed by that signal). On
-    stderr, after the child's log lines, ``{"task_end": <child pid>}`` marks their end.
+    Protocol on stdout, one line each: ``ready`` once imports are done, ``pid <child pid>``
+    when a task starts and ``exit <child pid> <exit code>`` when it ends (negative: killed
+    by that signal). On stderr, after the child's log lines, ``{"task_end": <child pid>}``
+    marks their end.
     """
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of the zygote or its children land in the log relay
+    protocol.write(f"{READY_LINE}\n")  # imports done: the daemon may now say hello
     for line in sys.stdin:
         spec_path = line.strip()
         if not spec_path:
@@ -299,6 +304,22 @@ def _serve_forks() -> None:
         protocol.write(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n")
 
 
+def _import_torch_optim_lazies() -> None:
+    """Import what building and stepping a torch.optim optimizer imports lazily.
+
+    Building the first one imports torch._dynamo (about 1 s, 800 modules); done here once, a
+    plan returning `torch.optim.SGD(...)` pays nothing for it in each task.
+    """
+    import torch
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    for optimizer_class in (torch.optim.SGD, torch.optim.Adam):
+        optimizer = optimizer_class([param], lr=0.1)
+        param.grad = torch.ones(1)
+        optimizer.step()  # the first step imports a few more modules
+        optimizer.load_state_dict(optimizer.state_dict())
+
+
 def main() -> int:
     handler = _JsonLogHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -309,6 +330,8 @@ def main() -> int:
     import common.optimizers.aux_codec
     import common.secagg
     import common.training_plans  # noqa: F401
+
+    _import_torch_optim_lazies()
 
     _serve_forks()
     return 0

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Seconds a test waits for node processes to connect (torch import on a loaded 2-core CI box).
-NODE_CONNECT_TIMEOUT = 60.0
+#: Seconds a test waits for node processes to connect. A node says hello once its task
+#: process has imported torch, declearn and torch._dynamo (about 6 s of CPU): on a loaded
+#: 2-core box that took up to a minute.
+NODE_CONNECT_TIMEOUT = 120.0
 
 #: Node ids the `tls_researcher` fixture issues client certificates for.
 TLS_NODE_IDS = ("node-1", "node-2", "node-3")

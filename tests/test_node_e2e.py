@@ -34,7 +34,7 @@ from tests.plans.faulty import (
     MemoryHogPlan,
     WarnThenFailPlan,
 )
-from tests.plans.tabular import LogisticPlan, make_logistic_data
+from tests.plans.tabular import LogisticPlan, NativeSgdPlan, make_logistic_data
 
 pytestmark = pytest.mark.slow
 
@@ -195,6 +195,19 @@ def test_the_researcher_sees_the_log_lines_of_a_task(tmp_path, start_node, caplo
     assert {r.levelno for r in warned} == {logging.WARNING}
     assert all("[ward]" in r.getMessage() for r in printed + warned)
     assert any("trained 3 step(s)" in r.getMessage() for r in relayed)
+
+
+def test_a_native_torch_optimizer_finds_its_lazy_imports_done_in_the_task_process(
+    tmp_path, start_node, caplog
+):
+    start_node("warm", datasets=[("tab", TAGS, _csv(tmp_path), "y")], approve=[NativeSgdPlan])
+    wait_for_nodes(1)
+    caplog.set_level(logging.INFO, logger="researcher.node")
+
+    assert _experiment(NativeSgdPlan).run() == 1
+
+    relayed = [r.getMessage() for r in caplog.records if r.name == "researcher.node"]
+    assert f"[warm] {NativeSgdPlan.PRELOADED} True" in relayed, relayed
 
 
 def test_the_researcher_sees_what_a_failing_plan_logged_before_it_failed(

@@ -3,6 +3,7 @@
 - `Optimizer` (optimizer.py): the object training plans and experiments build;
 - `declearn.py`: the supported declearn modules and regularizers, `list_optim_*()`;
 - `adapters.py`: what the node's training loop drives (`TrainingOptimizer`);
+- `torch_fused.py`: the node's fast path, declearn's update math as in-place torch kernels;
 - `aux_codec.py`: aux vars to and from protobuf plus payload arrays;
 - `state_codec.py`: optimizer states to and from JSON plus arrays (no pickle).
 """

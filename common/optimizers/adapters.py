@@ -33,6 +33,7 @@ from common.errors import ConfigurationError, PayloadError, PlanError
 from common.optimizers.optimizer import Optimizer
 from common.optimizers.state_codec import decode_state, encode_state
 from common.optimizers.targets import check_same_keys
+from common.optimizers.torch_fused import FusedTorchStep
 from common.optimizers.vectors import VectorKind
 
 __all__ = [
@@ -144,11 +145,15 @@ class DeclearnTorchOptimizer(_DeclearnAdapter):
     The parameters updated are those with `requires_grad` when the adapter is built. A
     parameter that got no gradient in a step (unused in the forward pass) counts as a zero
     gradient, so module states keep one entry per parameter.
+
+    Steps run as fused in-place torch kernels (`torch_fused.FusedTorchStep`) when every
+    plug-in of the optimizer has one and the gradients are dense; otherwise, or with
+    `fused=False`, as declearn's generic Vector arithmetic. Both share the same state.
     """
 
     vector_kind: VectorKind = "torch"
 
-    def __init__(self, model: torch.nn.Module, optimizer: Optimizer) -> None:
+    def __init__(self, model: torch.nn.Module, optimizer: Optimizer, *, fused: bool = True) -> None:
         params = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not params:
             raise PlanError(
@@ -157,6 +162,12 @@ class DeclearnTorchOptimizer(_DeclearnAdapter):
             )
         self._target = TorchTarget(params)
         self._optimizer = optimizer
+        self._fused = FusedTorchStep.for_optimizer(optimizer) if fused else None
+
+    @property
+    def fused(self) -> bool:
+        """Whether steps run as fused torch kernels (False: declearn's generic path)."""
+        return self._fused is not None
 
     def zero_grad(self) -> None:
         """Drop the parameters' gradients (set them to None, as torch does by default)."""
@@ -164,7 +175,13 @@ class DeclearnTorchOptimizer(_DeclearnAdapter):
             param.grad = None
 
     def step(self) -> None:
-        """Run declearn's update on the current `.grad` values and apply it in place."""
+        """Update the parameters in place from their current `.grad` values."""
+        params = self._target.params
+        if self._fused is not None and FusedTorchStep.accepts(
+            {n: p.grad for n, p in params.items()}
+        ):
+            self._fused.step(params)
+            return
         grads = {
             name: (torch.zeros_like(p) if p.grad is None else p.grad.detach().clone())
             for name, p in self._target.params.items()

@@ -61,9 +61,21 @@ class _RoundSyncedOptimizer(DeclearnOptimizer):
     scheduler's `steps` counter already includes that pending step, hence `steps - 1`.
     """
 
+    #: How many times `get_state` handed out references to the module states.
+    state_exports = 0
+
     def start_round(self) -> None:
         super().start_round()
         self._resync_rates()
+
+    def get_state(self) -> dict[str, Any]:
+        # Fused torch steps update states in place; this count tells them to copy first.
+        self.state_exports += 1
+        return super().get_state()
+
+    def advance_rates(self) -> None:
+        """Move the schedulers one step on, as declearn does after computing an update."""
+        self._update_rates()
 
     def set_state(self, states: dict[str, Any]) -> None:
         super().set_state(states)
@@ -209,6 +221,15 @@ class Optimizer:
         }
 
     # ---------------------------------------------------------------------- training
+
+    @property
+    def state_exports(self) -> int:
+        """How many times the module states were read out (fused steps copy after each)."""
+        return self._optimizer.state_exports
+
+    def advance_rates(self) -> None:
+        """Advance the schedulers past one step (for steps computed outside declearn)."""
+        self._optimizer.advance_rates()
 
     def init_round(self) -> None:
         """Mark the start of a training round (schedulers, FedProx, `round_reset` modules)."""

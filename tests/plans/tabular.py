@@ -79,3 +79,20 @@ class ScaffoldLogisticPlan(LogisticPlan):
         from common.optimizers.declearn import ScaffoldClientModule
 
         return Optimizer(lr=0.5, modules=[ScaffoldClientModule()])
+
+
+class NativeSgdPlan(LogisticPlan):
+    """Trains with a native torch.optim.SGD and prints which lazy imports it found done."""
+
+    PRELOADED = "torch.optim preloaded:"
+
+    def init_dependencies(self):
+        return [*super().init_dependencies(), "import sys"]
+
+    def init_optimizer(self):
+        import sys
+
+        # Building a torch.optim optimizer imports torch._dynamo unless the task process
+        # inherited it from its warm parent.
+        print(f"{self.PRELOADED} {'torch._dynamo' in sys.modules}")
+        return torch.optim.SGD(self.model().parameters(), lr=0.5)
