@@ -28,6 +28,8 @@ from common.errors import ConfigurationError, FedloomError
 from node import actions
 from node.actions import Actor
 from node.console_password import ensure_password, reset_password
+from node.containment.memory import DEFAULT_MEMORY_FRACTION
+from node.containment.settings import CONFINEMENT_MODES
 from node.datasets import DATA_TYPES
 from node.home import DEFAULT_HOME, HOME_ENV_VAR, NodeHome
 from node.plans import PlanRecord, PlanRegistry
@@ -421,8 +423,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     """Run the node daemon until interrupted."""
     if args.task_timeout is not None and args.task_timeout <= 0:
         raise ConfigurationError("--task-timeout must be a positive number of seconds")
-    if args.max_memory_mb is not None and args.max_memory_mb <= 0:
-        raise ConfigurationError("--max-memory-mb must be a positive number of megabytes")
+    if args.max_memory_mb is not None and args.max_memory_mb < 0:
+        raise ConfigurationError("--max-memory-mb must be a number of megabytes, or 0 for no limit")
     home = _home(args)
     tls = _tls_files(args)
     researcher = check_researcher_address(args.researcher or home.researcher_address)
@@ -454,6 +456,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         tls=tls,
         task_timeout=args.task_timeout,
         max_memory_mb=args.max_memory_mb,
+        confinement=args.confinement,
     )
 
 
@@ -587,7 +590,17 @@ def register(
         "--task-timeout", type=float, metavar="SECONDS", help="abort a task running longer"
     )
     start.add_argument(
-        "--max-memory-mb", type=int, metavar="MB", help="memory limit of the training process"
+        "--max-memory-mb",
+        type=int,
+        metavar="MB",
+        help="memory a training task may use, 0 for no limit (default: [containment] "
+        f"max_memory_mb in config.toml, else {DEFAULT_MEMORY_FRACTION:.0%} of this machine's RAM)",
+    )
+    start.add_argument(
+        "--confinement",
+        choices=CONFINEMENT_MODES,
+        help="confine plans' writes and network: 'auto' where the kernel allows (default), "
+        "'require' to refuse to start otherwise, 'off' not at all",
     )
     start.set_defaults(func=cmd_start)
 
