@@ -58,6 +58,10 @@ class TrainingArgs:
                 f"training_args['log_interval'] must be a whole number of steps (0: no step "
                 f"logs), got {self.log_interval!r}"
             )
+        for name in ("test_ratio", "round_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigurationError(f"training_args['{name}'] must be a number, got {value!r}")
         if not 0.0 <= float(self.test_ratio) < 1.0:
             raise ConfigurationError(
                 f"training_args['test_ratio'] must be in [0, 1), got {self.test_ratio!r}"
