@@ -383,6 +383,36 @@ def cmd_plan_reject(args: argparse.Namespace) -> int:
     return _decide(args, approve=False)
 
 
+# ------------------------------------------------------------ containment
+
+
+@_command
+def cmd_containment(args: argparse.Namespace) -> int:
+    """Probe what this machine confines, with this home's settings; 1 if anything is not."""
+    from node.containment import ContainmentSettings, probe_support
+
+    settings = ContainmentSettings.resolve(_home(args).config)
+    support = probe_support()
+    lines = settings.describe(support)
+    if args.json:
+        _write_json(
+            {
+                "max_memory_mb": settings.max_memory_mb,
+                "confinement": settings.confinement,
+                "landlock_abi": support.landlock_abi,
+                "writes_confined": settings.confinement != "off" and support.confines_writes,
+                "network_isolated": settings.confinement != "off" and support.isolates_network,
+                "network_means": support.network_means(),
+                "problems": [text for ok, text in lines if not ok],
+            }
+        )
+    else:
+        console = _console()
+        for ok, text in lines:
+            console.print(f"{'ok ' if ok else 'NO '} {text}", markup=False, soft_wrap=True)
+    return 0 if all(ok for ok, _ in lines) else EXIT_CHECK_FAILED
+
+
 # ------------------------------------------------------------------ start
 
 
@@ -574,6 +604,13 @@ def register(
             help="why (kept in the audit trail; a rejection's reason is told to the researcher)",
         )
         decide.set_defaults(func=func)
+
+    containment = commands.add_parser(
+        "containment",
+        help="show how training plans are confined on this machine; exit 1 if not fully",
+    )
+    _add_json(containment)
+    containment.set_defaults(func=cmd_containment)
 
     start = commands.add_parser("start", help="connect to the researcher and serve tasks")
     start.add_argument("--researcher", metavar="HOST:PORT", help="default: from config.toml")

@@ -349,12 +349,23 @@ def _plan_outcome(
         if task.secagg.enabled:
             _mask_reply(task, result, scratch / PLAN_PAYLOAD)
         else:
+            _check_payload(scratch / PLAN_PAYLOAD)
             os.replace(scratch / PLAN_PAYLOAD, task.reply_payload_path)
     except WorkerProtocolError as exc:
         return error_result("BadResult", f"the training plan left an unusable result: {exc}")
     except Exception as exc:  # masking a forged or broken reply: a reason, not a crash
         return error_result(type(exc).__name__, str(exc) or type(exc).__name__)
     return result
+
+
+def _check_payload(path: Path) -> None:
+    """Refuse a reply payload the plan process could have forged before the daemon reads it."""
+    from common.payload import read_payload_file
+
+    try:
+        read_payload_file(path).arrays()
+    except Exception as exc:  # payload.py lets some malformed files through as other errors
+        raise WorkerProtocolError(f"reply payload {path.name} is malformed: {exc}") from exc
 
 
 def _terminate(signum: int, frame: object) -> None:
