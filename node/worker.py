@@ -410,7 +410,9 @@ def _serve_forks() -> None:
     """
     become_subreaper()  # a supervisor killed by the daemon leaves its orphans to us
     signal.signal(signal.SIGTERM, _terminate)
-    set_parent_death_signal(signal.SIGTERM)  # the daemon died: end every task
+    # The daemon died: end every task. (The kernel ties this to the daemon thread that
+    # started us, its main or task thread, which live as long as the daemon.)
+    set_parent_death_signal(signal.SIGTERM)
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of the zygote or its children land in the log relay
     for line in sys.stdin:

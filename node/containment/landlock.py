@@ -92,10 +92,16 @@ class LandlockReport:
     scoped: bool
 
 
+def _long(value: int) -> ctypes.c_long:
+    # syscall(2) reads every argument as a long: a plain int in a variadic call may leave
+    # the register's upper half undefined on some architectures.
+    return ctypes.c_long(value)
+
+
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version; 0 when Landlock is absent or disabled."""
     version = libc.syscall(
-        _SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION)
+        _long(_SYS_CREATE_RULESET), None, _long(0), _long(_CREATE_RULESET_VERSION)
     )
     return max(int(version), 0)
 
@@ -145,7 +151,7 @@ def restrict_self(
     # Older kernels know a shorter struct; they refuse unknown trailing bytes only if set.
     size = 24 if scoped else 16 if abi >= NET_ABI else 8
     ruleset = _check(
-        libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0),
+        libc.syscall(_long(_SYS_CREATE_RULESET), ctypes.byref(attr), _long(size), _long(0)),
         "create_ruleset",
     )
     try:
@@ -159,13 +165,19 @@ def restrict_self(
             try:
                 rule = _PathBeneathAttr(allowed_access=allowed, parent_fd=fd)
                 _check(
-                    libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0),
+                    libc.syscall(
+                        _long(_SYS_ADD_RULE),
+                        _long(ruleset),
+                        _long(_RULE_PATH_BENEATH),
+                        ctypes.byref(rule),
+                        _long(0),
+                    ),
                     f"add_rule for {path}",
                 )
             finally:
                 os.close(fd)
         set_no_new_privs()
-        _check(libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0), "restrict_self")
+        _check(libc.syscall(_long(_SYS_RESTRICT_SELF), _long(ruleset), _long(0)), "restrict_self")
     finally:
         os.close(ruleset)
     return LandlockReport(abi=abi, writes=True, tcp=tcp, scoped=scoped)
