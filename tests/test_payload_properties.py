@@ -38,13 +38,11 @@ LIMIT = 1 << 20
 #: payload itself needs; far below the sizes a lying manifest declares here.
 SLACK = 256 * 1024
 
-#: dtype strings a peer may send: the accepted numeric ones and a few hostile ones. Free
-#: text is left out because of a known bug (see the strict xfails at the end).
-DTYPES = ["<f4", "<f8", "<i8", "|u1", "|b1", "<f2", ">f4", "<c8", "|O", "<U4", "V8", "i4,i4", "x"]
+#: dtype strings a peer may send: the accepted numeric ones and a few hostile ones.
+DTYPES = ["<f4", "<f8", "<i8", "|u1", "|b1", "<f2", ">f4", "<c8", "|O", "<U4", "V8", "i4,i4", ","]
 
-#: Largest dimension drawn: three of them stay below int64 overflow of the element count
-#: (a known bug past it, see the strict xfails at the end).
-MAX_DIM = 2**20
+#: Largest dimension drawn: three of them overflow an int64 element count.
+MAX_DIM = 2**40
 
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -164,7 +162,7 @@ def test_a_damaged_payload_file_in_its_data_reads_or_raises_our_error_within_its
     write_payload_file(path, arrays)
     data = bytearray(path.read_bytes())
     header = 16 + len(encode_arrays(arrays).manifest.SerializeToString())
-    # Damage after the manifest only: a damaged manifest hits a known bug (xfails below).
+    # Damage after the manifest (the manifest's own damage is covered below).
     data = data[: header + cut]
     if flip is not None and header + flip[0] < len(data):
         data[header + flip[0]] ^= flip[1]
@@ -177,7 +175,7 @@ def test_a_damaged_payload_file_in_its_data_reads_or_raises_our_error_within_its
         assert list(outcome) == list(arrays)
 
 
-# -- known bugs in common/payload.py, reported to the lead; each fails until fixed ---------------
+# -- regressions: inputs that once escaped payload.py's own errors -------------------------------
 
 
 def _comma_dtype_manifest() -> pb.PayloadManifest:
@@ -191,21 +189,16 @@ def _overflowing_shape_manifest() -> pb.PayloadManifest:
     return pb.PayloadManifest(arrays=[spec], total_bytes=0)
 
 
-@pytest.mark.xfail(strict=True, reason="payload.py: np.dtype(',') raises SyntaxError")
 def test_a_dtype_numpy_cannot_parse_is_a_payload_error():
     with pytest.raises(FedloomError):
         decode_arrays(_comma_dtype_manifest(), b"x")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="payload.py: the element count wraps in int64, reshape raises ValueError"
-)
 def test_a_shape_whose_element_count_overflows_is_a_payload_error():
     with pytest.raises(FedloomError):
         decode_arrays(_overflowing_shape_manifest(), b"")
 
 
-@pytest.mark.xfail(strict=True, reason="payload.py: a corrupt manifest raises protobuf DecodeError")
 def test_a_payload_file_with_a_corrupt_manifest_is_a_payload_error(tmp_path):
     path = tmp_path / "payload.bin"
     path.write_bytes(b"FLPAYLD1" + (8).to_bytes(8, "little") + b"\xff" * 8)
@@ -213,10 +206,6 @@ def test_a_payload_file_with_a_corrupt_manifest_is_a_payload_error(tmp_path):
         read_payload_file(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="payload.py: read_payload_file allocates the manifest length a header declares",
-)
 def test_a_payload_file_header_declaring_a_huge_manifest_allocates_nothing_of_it(tmp_path):
     path = tmp_path / "payload.bin"
     path.write_bytes(b"FLPAYLD1" + (256 << 20).to_bytes(8, "little") + b"x" * 10)
