@@ -363,7 +363,7 @@ def _check_payload(path: Path) -> None:
     from common.payload import read_payload_file
 
     try:
-        read_payload_file(path).arrays()
+        read_payload_file(path).sections()
     except Exception as exc:  # payload.py lets some malformed files through as other errors
         raise WorkerProtocolError(f"reply payload {path.name} is malformed: {exc}") from exc
 
