@@ -11,11 +11,9 @@ __all__ = [
     "NodeHomeError",
     "PayloadError",
     "PlanError",
-    "PlanNotApprovedError",
     "ProtocolVersionError",
     "RoundFailedError",
     "SecaggError",
-    "TaskFailedError",
 ]
 
 
@@ -56,20 +54,12 @@ class PlanError(FedloomError):
     """A training plan is invalid or failed while running."""
 
 
-class PlanNotApprovedError(PlanError):
-    """A node refused to run a training plan its operator has not approved."""
-
-
 class AuthenticationError(FedloomError):
     """A peer could not prove its identity, or claimed another's."""
 
 
 class NoMatchingNodesError(FedloomError):
     """No connected node holds a dataset with the requested tags."""
-
-
-class TaskFailedError(FedloomError):
-    """A node answered a task with an error."""
 
 
 class RoundFailedError(FedloomError):

@@ -20,7 +20,9 @@ class TrainingArgs:
 
     `epochs` and `num_updates` are exclusive: `num_updates` counts optimizer steps
     (batches), cycling over the data as needed. `random_seed` makes batching and torch
-    initialisation deterministic; None lets each node draw its own.
+    initialisation deterministic; None lets each node draw its own. `log_interval`: the
+    node logs the training loss every that many local steps (relayed to the researcher);
+    0 turns it off.
     """
 
     epochs: int | None = None
@@ -47,6 +49,19 @@ class TrainingArgs:
                 raise ConfigurationError(
                     f"training_args['{name}'] must be a positive integer, got {value!r}"
                 )
+        if (
+            not isinstance(self.log_interval, int)
+            or isinstance(self.log_interval, bool)
+            or self.log_interval < 0
+        ):
+            raise ConfigurationError(
+                f"training_args['log_interval'] must be a whole number of steps (0: no step "
+                f"logs), got {self.log_interval!r}"
+            )
+        for name in ("test_ratio", "round_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigurationError(f"training_args['{name}'] must be a number, got {value!r}")
         if not 0.0 <= float(self.test_ratio) < 1.0:
             raise ConfigurationError(
                 f"training_args['test_ratio'] must be in [0, 1), got {self.test_ratio!r}"

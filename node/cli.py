@@ -28,6 +28,8 @@ from common.errors import ConfigurationError, FedloomError
 from node import actions
 from node.actions import Actor
 from node.console_password import ensure_password, reset_password
+from node.containment.memory import DEFAULT_MEMORY_FRACTION
+from node.containment.settings import CONFINEMENT_MODES
 from node.datasets import DATA_TYPES
 from node.home import DEFAULT_HOME, HOME_ENV_VAR, NodeHome
 from node.plans import PlanRecord, PlanRegistry
@@ -381,6 +383,36 @@ def cmd_plan_reject(args: argparse.Namespace) -> int:
     return _decide(args, approve=False)
 
 
+# ------------------------------------------------------------ containment
+
+
+@_command
+def cmd_containment(args: argparse.Namespace) -> int:
+    """Probe what this machine confines, with this home's settings; 1 if anything is not."""
+    from node.containment import ContainmentSettings, probe_support
+
+    settings = ContainmentSettings.resolve(_home(args).config)
+    support = probe_support()
+    lines = settings.describe(support)
+    if args.json:
+        _write_json(
+            {
+                "max_memory_mb": settings.max_memory_mb,
+                "confinement": settings.confinement,
+                "landlock_abi": support.landlock_abi,
+                "writes_confined": settings.confinement != "off" and support.confines_writes,
+                "network_isolated": settings.confinement != "off" and support.isolates_network,
+                "network_means": support.network_means(),
+                "problems": [text for ok, text in lines if not ok],
+            }
+        )
+    else:
+        console = _console()
+        for ok, text in lines:
+            console.print(f"{'ok ' if ok else 'NO '} {text}", markup=False, soft_wrap=True)
+    return 0 if all(ok for ok, _ in lines) else EXIT_CHECK_FAILED
+
+
 # ------------------------------------------------------------------ start
 
 
@@ -421,8 +453,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     """Run the node daemon until interrupted."""
     if args.task_timeout is not None and args.task_timeout <= 0:
         raise ConfigurationError("--task-timeout must be a positive number of seconds")
-    if args.max_memory_mb is not None and args.max_memory_mb <= 0:
-        raise ConfigurationError("--max-memory-mb must be a positive number of megabytes")
+    if args.max_memory_mb is not None and args.max_memory_mb < 0:
+        raise ConfigurationError("--max-memory-mb must be a number of megabytes, or 0 for no limit")
     home = _home(args)
     tls = _tls_files(args)
     researcher = check_researcher_address(args.researcher or home.researcher_address)
@@ -454,6 +486,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         tls=tls,
         task_timeout=args.task_timeout,
         max_memory_mb=args.max_memory_mb,
+        confinement=args.confinement,
     )
 
 
@@ -572,6 +605,13 @@ def register(
         )
         decide.set_defaults(func=func)
 
+    containment = commands.add_parser(
+        "containment",
+        help="show how training plans are confined on this machine; exit 1 if not fully",
+    )
+    _add_json(containment)
+    containment.set_defaults(func=cmd_containment)
+
     start = commands.add_parser("start", help="connect to the researcher and serve tasks")
     start.add_argument("--researcher", metavar="HOST:PORT", help="default: from config.toml")
     start.add_argument(
@@ -587,7 +627,17 @@ def register(
         "--task-timeout", type=float, metavar="SECONDS", help="abort a task running longer"
     )
     start.add_argument(
-        "--max-memory-mb", type=int, metavar="MB", help="memory limit of the training process"
+        "--max-memory-mb",
+        type=int,
+        metavar="MB",
+        help="memory a training task may use, 0 for no limit (default: [containment] "
+        f"max_memory_mb in config.toml, else {DEFAULT_MEMORY_FRACTION:.0%} of this machine's RAM)",
+    )
+    start.add_argument(
+        "--confinement",
+        choices=CONFINEMENT_MODES,
+        help="confine plans' writes and network: 'auto' where the kernel allows (default), "
+        "'require' to refuse to start otherwise, 'off' not at all",
     )
     start.set_defaults(func=cmd_start)
 

@@ -29,8 +29,10 @@ from common.grpc_options import channel_options
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 from common.secagg.advert import NodeIdentity
+from node.containment import ContainmentSettings, probe_support
 from node.executor import TaskExecutor
 from node.home import NodeHome, utc_now
+from node.home_lock import hold_home_lock
 from node.registry import DatasetRegistry
 from node.status import DaemonStatus, StatusBoard
 from node.tasks import TaskHandler
@@ -78,7 +80,7 @@ class NodeDaemon:
         credentials: grpc.ChannelCredentials | None,
         allow_unapproved: bool = False,
         task_timeout: float | None = None,
-        max_memory_mb: int | None = None,
+        limits: pb.WorkerLimits | None = None,
         cert_path: str | None = None,
         secagg_identity: NodeIdentity | None = None,
     ) -> None:
@@ -88,7 +90,7 @@ class NodeDaemon:
         self._stop = threading.Event()
         self._session: _Session | None = None
         self._session_lock = threading.Lock()
-        self._executor = TaskExecutor(max_memory_mb=max_memory_mb)
+        self._executor = TaskExecutor(limits)
         self._tasks: queue.Queue[pb.TaskRequest | None] = queue.Queue()
         self._stub: pb_grpc.FederationStub | None = None
         self._call: Any = None
@@ -111,8 +113,7 @@ class NodeDaemon:
             researcher_address=researcher,
             tls=credentials is not None,
             cert_path=cert_path,
-            containment="each task in its own process group, killed with the task; "
-            + (f"memory capped at {max_memory_mb} MB" if max_memory_mb else "no memory cap"),
+            containment=_containment_summary(limits or pb.WorkerLimits()),
         )
         self._status_lock = threading.Lock()
 
@@ -475,6 +476,35 @@ def _log_to_file(home: NodeHome, current_experiment: Callable[[], str | None]) -
         logging.getLogger().setLevel(logging.INFO)
 
 
+def _containment_summary(limits: pb.WorkerLimits) -> str:
+    """One line for the operator's console: how this daemon confines its tasks."""
+    memory = limits.max_memory_bytes // (1024 * 1024)
+    return "; ".join(
+        [
+            "every process of a task is killed with it",
+            f"memory capped at {memory} MB" if memory else "no memory cap",
+            "writes confined to the task and its experiment's state"
+            if limits.confine_writes
+            else "writes NOT confined",
+            "no network" if limits.isolate_network else "network NOT isolated",
+        ]
+    )
+
+
+def _containment_limits(
+    home: NodeHome, max_memory_mb: int | None, confinement: str | None
+) -> pb.WorkerLimits:
+    """Resolve the operator's containment settings against this kernel, and say what holds."""
+    settings = ContainmentSettings.resolve(
+        home.config, max_memory_mb=max_memory_mb, confinement=confinement
+    )
+    support = probe_support()
+    limits = settings.worker_limits(support)  # ContainmentError when 'require' is not met
+    for ok, sentence in settings.describe(support):
+        log.log(logging.INFO if ok else logging.WARNING, "containment: %s", sentence)
+    return limits
+
+
 def run_node(
     home: NodeHome,
     researcher: str,
@@ -484,38 +514,44 @@ def run_node(
     tls: dict[str, Any] | None = None,
     task_timeout: float | None = None,
     max_memory_mb: int | None = None,
+    confinement: str | None = None,
 ) -> int:
-    """Run the node until SIGINT/SIGTERM; returns the process exit code."""
+    """Run the node until SIGINT/SIGTERM; returns the process exit code.
+
+    Raises NodeHomeError when another daemon serves this home, and ContainmentError when
+    `confinement` is "require" and the kernel cannot provide it.
+    """
     running: list[NodeDaemon] = []
     _log_to_file(home, lambda: running[0].current_experiment if running else None)
-    try:
-        credentials = _channel_credentials(tls, insecure)
-    except FedloomError as exc:
-        log.error("%s", exc)
-        return 2
-    try:
-        identity = _secagg_identity(home, tls, insecure)
-    except FedloomError as exc:
-        log.error("%s", exc)
-        return 2
-    daemon = NodeDaemon(
-        home,
-        researcher,
-        credentials=credentials,
-        allow_unapproved=allow_unapproved,
-        task_timeout=task_timeout,
-        max_memory_mb=max_memory_mb,
-        cert_path=(tls or {}).get("cert"),
-        secagg_identity=identity,
-    )
-    running.append(daemon)
+    with hold_home_lock(home.path):
+        try:
+            credentials = _channel_credentials(tls, insecure)
+        except FedloomError as exc:
+            log.error("%s", exc)
+            return 2
+        try:
+            identity = _secagg_identity(home, tls, insecure)
+        except FedloomError as exc:
+            log.error("%s", exc)
+            return 2
+        daemon = NodeDaemon(
+            home,
+            researcher,
+            credentials=credentials,
+            allow_unapproved=allow_unapproved,
+            task_timeout=task_timeout,
+            limits=_containment_limits(home, max_memory_mb, confinement),
+            cert_path=(tls or {}).get("cert"),
+            secagg_identity=identity,
+        )
+        running.append(daemon)
 
-    def stop(signum: int, frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        daemon.stop()
+        def stop(signum: int, frame: object) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            daemon.stop()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-    log.info("node %s (%s) starting; researcher %s", home.name, home.node_id, researcher)
-    return daemon.run()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, stop)
+            signal.signal(signal.SIGTERM, stop)
+        log.info("node %s (%s) starting; researcher %s", home.name, home.node_id, researcher)
+        return daemon.run()

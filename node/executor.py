@@ -3,7 +3,8 @@
 The zygote has torch and the plan API imported; each task is a fresh fork of it, so a task
 starts in milliseconds and still shares nothing with the previous one. A plan that crashes,
 hangs, exhausts memory or exits takes down only its own process: the daemon turns that into
-an error reply and keeps serving. A dead zygote is replaced.
+an error reply and keeps serving. A dead zygote is replaced. The daemon and the task talk
+through `WorkerTask` and `WorkerResult` protobuf files (node.worker_protocol).
 """
 
 from __future__ import annotations
@@ -18,13 +19,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from common.proto import fedloom_pb2 as pb
 from node.worker import LOG_END_KEY, READY_LINE
+from node.worker_protocol import (
+    WorkerProtocolError,
+    error_result,
+    read_worker_result,
+    write_message,
+)
 
-__all__ = ["TaskExecutor", "TaskOutcome"]
+__all__ = ["TASK_FILE", "TaskExecutor"]
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +43,15 @@ FORK_TIMEOUT_SECONDS = 120.0
 #: Seconds to wait for the zygote to report a killed child's exit.
 REAP_TIMEOUT_SECONDS = 10.0
 
+#: Seconds the zygote gets, on SIGTERM, to kill the processes of a running task itself.
+ZYGOTE_STOP_SECONDS = 5.0
+
+#: Name of the WorkerTask file in a task's scratch directory.
+TASK_FILE = "task.pb"
+
 #: Seconds to wait, once a task ended, for the relay to pass on its last log lines: they are
 #: already in the pipe then, so only a relay thread starved of CPU needs more than a moment.
 LOG_DRAIN_TIMEOUT_SECONDS = 5.0
-
-
-@dataclass
-class TaskOutcome:
-    """The worker's result dict, or an error describing how the process ended."""
-
-    result: dict[str, Any]
 
 
 class _Zygote:
@@ -114,6 +120,13 @@ class _Zygote:
         return self.proc.poll() is None
 
     def close(self) -> None:
+        """Stop the zygote: SIGTERM first, on which it kills its tasks' processes, then SIGKILL."""
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(ZYGOTE_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
         if self.alive():
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -125,8 +138,8 @@ class _Zygote:
 class TaskExecutor:
     """Runs one task at a time in a fresh process forked from a warm zygote."""
 
-    def __init__(self, *, max_memory_mb: int | None = None) -> None:
-        self._max_memory_mb = max_memory_mb
+    def __init__(self, limits: pb.WorkerLimits | None = None) -> None:
+        self._limits = limits or pb.WorkerLimits()
         self._lock = threading.Lock()
         self._zygote: _Zygote | None = None
         self._log_sink: LogSink = lambda level, message: None
@@ -151,36 +164,35 @@ class TaskExecutor:
         zygote = self._zygote
         return zygote is None or zygote.settled.wait(timeout)
 
-    def run(
-        self, task_id: str, spec: dict[str, Any], spec_path: Path, timeout: float, on_log: LogSink
-    ) -> TaskOutcome:
-        """Run a task; never raises for plan failures, returns an error result instead."""
-        outcome = self._run(task_id, spec, spec_path, timeout, on_log)
-        if self._closed and not outcome.result.get("ok"):
+    def run(self, task: pb.WorkerTask, timeout: float, on_log: LogSink) -> pb.WorkerResult:
+        """Run a task under this node's limits; never raises for plan failures, returns an
+        error result instead."""
+        result = self._run(task, timeout, on_log)
+        if self._closed and not result.ok:
             # Whatever broke did so because close() killed it: say so, not "worker died".
-            return TaskOutcome(_error(STOPPED_KIND, "the node was stopped during training"))
-        return outcome
+            return error_result(STOPPED_KIND, "the node was stopped during training")
+        return result
 
-    def _run(
-        self, task_id: str, spec: dict[str, Any], spec_path: Path, timeout: float, on_log: LogSink
-    ) -> TaskOutcome:
-        spec = {**spec, "max_memory_mb": self._max_memory_mb}
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        result_path = Path(spec["result_path"])
+    def _run(self, task: pb.WorkerTask, timeout: float, on_log: LogSink) -> pb.WorkerResult:
+        task.limits.CopyFrom(self._limits)
+        task_id = task.task_id
+        task_path = Path(task.scratch_dir) / TASK_FILE
+        write_message(task_path, task)
+        result_path = Path(task.result_path)
         self.prepare()
         zygote = self._zygote
         assert zygote is not None
         self._log_sink = on_log
         started = time.monotonic()
         try:
-            zygote.submit(spec_path)
+            zygote.submit(task_path)
             first = zygote.next_line(FORK_TIMEOUT_SECONDS)
         except (BrokenPipeError, TimeoutError):
             first = None
         if first is None or not first.startswith("pid "):
             zygote.close()
-            return TaskOutcome(
-                _error("WorkerDied", "the training process could not be started; retry the round")
+            return error_result(
+                "WorkerDied", "the training process could not be started; retry the round"
             )
         pid = int(first.split()[1])
         with self._lock:
@@ -205,14 +217,19 @@ class TaskExecutor:
         if code is not None and not zygote.wait_logs_relayed(pid, LOG_DRAIN_TIMEOUT_SECONDS):
             log.warning("task %s: its last log lines may reach the researcher late", task_id)
         if cancel_reason is not None:
-            return TaskOutcome(_error("Cancelled", f"cancelled by the researcher: {cancel_reason}"))
+            return error_result("Cancelled", f"cancelled by the researcher: {cancel_reason}")
         if timed_out:
-            return TaskOutcome(
-                _error("Timeout", f"training did not finish within {timeout:.0f} s and was stopped")
+            return error_result(
+                "Timeout", f"training did not finish within {timeout:.0f} s and was stopped"
             )
         if code == 0 and result_path.exists():
-            return TaskOutcome(json.loads(result_path.read_text(encoding="utf-8")))
-        return TaskOutcome(_error("WorkerDied", _describe_exit(code, elapsed, self._max_memory_mb)))
+            try:
+                return read_worker_result(result_path)
+            except WorkerProtocolError as exc:
+                return error_result(
+                    "WorkerDied", f"the training process left no usable result: {exc}"
+                )
+        return error_result("WorkerDied", _describe_exit(code, elapsed))
 
     @staticmethod
     def _wait_exit(zygote: _Zygote, pid: int, timeout: float) -> int | None:
@@ -252,21 +269,20 @@ class TaskExecutor:
 STOPPED_KIND = "NodeStopped"
 
 
-def _error(kind: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "kind": kind, "message": message, "traceback": ""}
-
-
-def _describe_exit(code: int | None, elapsed: float, max_memory_mb: int | None) -> str:
+def _describe_exit(code: int | None, elapsed: float) -> str:
+    """How a task's supervisor ended without a result (the plan's own end is described by
+    the supervisor, in the result)."""
     if code is None:
         return f"the training process vanished after {elapsed:.1f} s (its parent died); retry the round"
     if code < 0:
         name = (
             signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
         )
-        hint = " (possibly out of memory)" if -code == signal.SIGKILL else ""
-        return f"the training process was killed by signal {name} after {elapsed:.1f} s{hint}"
-    limit = f" under the node's {max_memory_mb} MB memory limit" if max_memory_mb else ""
-    return f"the training process exited with code {code} after {elapsed:.1f} s without a result{limit}"
+        return f"the training supervisor was killed by signal {name} after {elapsed:.1f} s"
+    return (
+        f"the training supervisor exited with code {code} after {elapsed:.1f} s without a "
+        "result; the node's log says why"
+    )
 
 
 def _kill_group(pid: int) -> None:

@@ -7,6 +7,7 @@ Layout of a home (``fedloom node --home DIR init`` creates it)::
     DIR/node.db       SQLite registry of datasets and training plans (WAL mode)
     DIR/logs/         daemon logs
     DIR/state/        per-experiment optimizer state
+    DIR/daemon.lock   held (flock) by the daemon serving this home, naming its pid
 
 ``init`` builds the whole tree in a hidden staging directory next to DIR and
 renames it into place, so a crash half-way never leaves a half-made home that

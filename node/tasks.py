@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -166,37 +165,35 @@ class TaskHandler:
             raise TaskRefused("Disconnected", "lost the researcher before the task started")
         global_path = task_dir / "global.bin"
         download_payload(stub, self.home.node_id, train.params_payload_id, global_path)
-        aux_path = task_dir / "aux_in.bin"
-        aux_path.write_bytes(train.aux_vars.SerializeToString())
-        args = json.loads(train.training_args_json or "{}")
-        spec: dict[str, Any] = {
-            "task_id": task.task_id,
-            "experiment_id": task.experiment_id,
-            "round": task.round,
-            "plan_path": str(plan_path),
-            "class_name": train.plan.class_name,
-            "dataset_path": dataset.path,
-            "global_payload_path": str(global_path),
-            "aux_path": str(aux_path),
-            "training_args_json": train.training_args_json,
-            "model_args_json": train.model_args_json,
-            "state_dir": str(self._state_dir(task.experiment_id)),
-            "reply_payload_path": str(task_dir / "reply.bin"),
-            "aux_out_path": str(task_dir / "aux_out.bin"),
-            "result_path": str(task_dir / "result.json"),
-            "random_seed": args.get("random_seed"),
-        }
+        state_dir = self._state_dir(task.experiment_id)
+        state_dir.mkdir(parents=True, exist_ok=True)  # the plan may write only inside it
+        worker_task = pb.WorkerTask(
+            task_id=task.task_id,
+            experiment_id=task.experiment_id,
+            round=task.round,
+            class_name=train.plan.class_name,
+            plan_path=str(plan_path),
+            dataset_path=dataset.path,
+            training_args_json=train.training_args_json,
+            model_args_json=train.model_args_json,
+            global_payload_path=str(global_path),
+            aux_vars=train.aux_vars,
+            scratch_dir=str(task_dir),
+            state_dir=str(state_dir),
+            reply_payload_path=str(task_dir / "reply.bin"),
+            result_path=str(task_dir / "result.pb"),
+        )
         if train.secagg.enabled:
             self._sessions[train.secagg.session_id] = train.secagg
             while len(self._sessions) > MAX_SECAGG_SESSIONS:
                 self._sessions.pop(next(iter(self._sessions)))
-            spec["secagg"] = {
-                "context_hex": train.secagg.SerializeToString().hex(),
-                "node_id": self.home.node_id,
-                "keys_dir": str(self.home.keys_dir),
-                "ledger_path": str(self._ledger_path),
-                **double_masking_spec(self.home.path, self.home.node_id),
-            }
+            worker_task.secagg.CopyFrom(train.secagg)
+            worker_task.node_id = self.home.node_id
+            worker_task.keys_dir = str(self.home.keys_dir)
+            worker_task.ledger_path = str(self._ledger_path)
+            worker_task.secagg_sessions_dir = double_masking_spec(
+                self.home.path, self.home.node_id
+            )["state_dir"]
         timeout = self._timeout(task)
         log.info(
             "round %d of %s: training plan %s on dataset %s",
@@ -205,26 +202,19 @@ class TaskHandler:
             train.plan.class_name,
             dataset.name,
         )
-        outcome = self._executor.run(
-            task.task_id,
-            spec,
-            task_dir / "spec.json",
-            timeout,
-            lambda level, msg: self._relay(task, level, msg),
+        result = self._executor.run(
+            worker_task, timeout, lambda level, msg: self._relay(task, level, msg)
         )
-        result = outcome.result
-        if not result.get("ok"):
-            reply = _error_reply(task, result.get("kind", "PlanError"), result.get("message", ""))
-            reply.error.traceback = result.get("traceback", "")
+        if not result.ok:
+            reply = _error_reply(task, result.error.kind or "PlanError", result.error.message)
+            reply.error.traceback = result.error.traceback
             if reply.error.kind == STOPPED_KIND:
                 log.info("task %s abandoned: %s", task.task_id, reply.error.message)
             else:
                 log.error("training failed: %s: %s", reply.error.kind, reply.error.message)
             return reply
         payload_id = f"reply-{task.task_id}"
-        upload_payload(stub, self.home.node_id, payload_id, task_dir / "reply.bin")
-        aux_out = pb.AuxVars()
-        aux_out.ParseFromString((task_dir / "aux_out.bin").read_bytes())
+        upload_payload(stub, self.home.node_id, payload_id, Path(worker_task.reply_payload_path))
         return pb.TaskReply(
             task_id=task.task_id,
             experiment_id=task.experiment_id,
@@ -234,12 +224,12 @@ class TaskHandler:
             # Under SecAgg with protected parameters the sample count travels masked only.
             n_samples=0
             if train.secagg.enabled and train.secagg.protect_parameters
-            else int(result["n_samples"]),
-            aux_vars=aux_out,
-            metrics={k: float(v) for k, v in result.get("metrics", {}).items()},
-            losses=[float(v) for v in result.get("losses", [])],
-            train_seconds=float(result.get("train_seconds", 0.0)),
-            n_steps=int(result.get("n_steps", 0)),
+            else result.n_samples,
+            aux_vars=result.aux_vars,
+            metrics=dict(result.metrics),
+            losses=list(result.losses),
+            train_seconds=result.train_seconds,
+            n_steps=result.n_steps,
         )
 
     def _secagg_correction(self, task: pb.TaskRequest, task_dir: Path) -> pb.TaskReply:

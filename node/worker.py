@@ -1,9 +1,15 @@
-"""Training processes: each task of an approved plan runs in its own process, not the daemon.
+"""Training processes: each task of an approved plan runs in its own processes, not the daemon.
 
 node.executor starts this module once as a *zygote*: it imports torch and the plan API,
-then forks one fresh child per task spec path it reads on stdin. The child runs the task,
-writes the reply payload and a result JSON, and exits; a crash, hang or memory blow-up
-takes down only that child. Logs go to stderr as JSON lines, relayed to the researcher.
+then forks, per task file path read on stdin, a fresh *supervisor* for that task. The
+supervisor reads the `WorkerTask`, forks the *plan process*, which confines itself
+(node.containment: no network, writes only to the task's scratch folder and the
+experiment's state, a memory cap) and trains. When the plan process ends, the supervisor
+kills every process it left behind (it is their subreaper, so setsid or double forks do
+not escape), then turns the plan's output into the `WorkerResult`: under SecAgg it masks
+the reply itself, so the plan never writes the node's SecAgg ledger. A crash, hang or
+memory blow-up takes down only the plan process. Logs go to stderr as JSON lines,
+relayed to the researcher.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import contextlib
 import json
 import logging
 import os
-import resource
 import shutil
+import signal
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -24,6 +31,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from common.proto import fedloom_pb2 as pb
+from node.containment import (
+    become_subreaper,
+    confine_process,
+    kill_descendants,
+    oom_kill_count,
+    set_parent_death_signal,
+)
+from node.worker_protocol import (
+    WorkerProtocolError,
+    error_result,
+    read_worker_result,
+    read_worker_task,
+    write_message,
+)
 
 log = logging.getLogger("node.worker")
 
@@ -43,16 +66,6 @@ class _JsonLogHandler(logging.Handler):
         line = json.dumps({"level": record.levelname, "message": self.format(record)})
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
-
-
-def _limit_memory(max_memory_mb: int | None) -> None:
-    if not max_memory_mb:
-        return
-    import psutil
-
-    current = psutil.Process().memory_info().vms
-    limit = current + max_memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def _load_plan_class(plan_path: Path, class_name: str) -> type:
@@ -144,164 +157,299 @@ def _return_tensor(tensor: Any, *args: Any, **kwargs: Any) -> Any:
     return tensor
 
 
-def run_task(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one train task described by `spec`; returns the result dict (also on plan errors)."""
+#: Files of the plan process in the scratch folder; the supervisor turns them into the
+#: task's reply payload and WorkerResult.
+PLAN_PAYLOAD = "plan-reply.bin"
+PLAN_RESULT = "plan-result.pb"
+
+#: Exception texts by which torch's CPU allocator reports a refused allocation.
+_TORCH_ALLOCATION_FAILURES = ("DefaultCPUAllocator", "can't allocate memory", "not enough memory")
+
+
+def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
+    """Train as `task` says (in the plan process); writes the clear reply payload."""
     from common.optimizers.aux_codec import decode_aux_vars, encode_aux_vars
     from common.payload import read_payload_file, write_sections_file
-    from common.proto import fedloom_pb2 as pb
     from common.training_args import TrainingArgs
 
     started = time.perf_counter()
-    plan_class = _load_plan_class(Path(spec["plan_path"]), spec["class_name"])
+    training_args = TrainingArgs.from_json(task.training_args_json)
+    if training_args.random_seed is not None:
+        import torch
+
+        torch.manual_seed(int(training_args.random_seed))
+    plan_class = _load_plan_class(Path(task.plan_path), task.class_name)
     plan = plan_class()
-    plan.dataset_path = spec["dataset_path"]
-    training_args = TrainingArgs.from_json(spec["training_args_json"])
+    plan.dataset_path = task.dataset_path
     with _skip_torch_weight_init():
         # Every floating tensor of the model is overwritten by the global parameters just
         # below, so drawing random initial weights would be wasted work (0.1 s per 10M).
-        plan.post_init(json.loads(spec["model_args_json"] or "{}"), training_args)
-    sections = read_payload_file(Path(spec["global_payload_path"])).sections()
+        plan.post_init(json.loads(task.model_args_json or "{}"), training_args)
+    sections = read_payload_file(Path(task.global_payload_path)).sections()
     plan.set_parameters(sections.get(pb.PAYLOAD_SECTION_PARAMS, {}))
     optimizer = plan.training_optimizer()
-    state_dir = Path(spec["state_dir"])
-    saved = _read_state(state_dir, int(spec["round"]))
+    state_dir = Path(task.state_dir)
+    saved = _read_state(state_dir, task.round)
     if saved is not None:
         optimizer.import_state(*saved)
-    aux_in = pb.AuxVars()
-    aux_in.ParseFromString(Path(spec["aux_path"]).read_bytes())
-    if aux_in.items:
+    if task.aux_vars.items:
         aux_arrays = sections.get(pb.PAYLOAD_SECTION_AUX, {})
-        optimizer.process_aux_var(decode_aux_vars(aux_in, aux_arrays, plan.vector_kind))
-    result = plan.run_local_training(optimizer)
-    aux = optimizer.collect_aux_var()
-    if spec.get("secagg"):
-        out_sections, aux_out = _protected_reply(
-            spec["secagg"], plan.get_parameters(), result.n_samples, aux
-        )
-    else:
-        aux_out, aux_out_arrays = encode_aux_vars(aux, prefix="aux")
-        out_sections = {
-            pb.PAYLOAD_SECTION_PARAMS: plan.get_parameters(),
-            pb.PAYLOAD_SECTION_AUX: aux_out_arrays,
-        }
-    _write_state(state_dir, int(spec["round"]), *optimizer.export_state())
-    write_sections_file(Path(spec["reply_payload_path"]), out_sections)
-    Path(spec["aux_out_path"]).write_bytes(aux_out.SerializeToString())
+        optimizer.process_aux_var(decode_aux_vars(task.aux_vars, aux_arrays, plan.vector_kind))
+    outcome = plan.run_local_training(optimizer)
+    aux_out, aux_arrays = encode_aux_vars(optimizer.collect_aux_var(), prefix="aux")
+    out_sections = {
+        pb.PAYLOAD_SECTION_PARAMS: plan.get_parameters(),
+        pb.PAYLOAD_SECTION_AUX: aux_arrays,
+    }
+    _write_state(state_dir, task.round, *optimizer.export_state())
+    write_sections_file(Path(task.scratch_dir) / PLAN_PAYLOAD, out_sections)
     log.info(
         "trained %d step(s) on %d samples in %.2f s, last loss %s",
-        result.n_steps,
-        result.n_samples,
+        outcome.n_steps,
+        outcome.n_samples,
         time.perf_counter() - started,
-        f"{result.losses[-1]:.4f}" if result.losses else "n/a",
+        f"{outcome.losses[-1]:.4f}" if outcome.losses else "n/a",
     )
-    return {
-        "ok": True,
-        "n_samples": result.n_samples,
-        "n_steps": result.n_steps,
-        "losses": result.losses,
-        "metrics": result.metrics,
-        "train_seconds": result.seconds,
-    }
+    return pb.WorkerResult(
+        ok=True,
+        n_samples=outcome.n_samples,
+        n_steps=outcome.n_steps,
+        losses=[float(v) for v in outcome.losses],
+        metrics={k: float(v) for k, v in outcome.metrics.items()},
+        train_seconds=float(outcome.seconds),
+        aux_vars=aux_out,
+        vector_kind=plan.vector_kind,
+    )
 
 
-def _protected_reply(
-    secagg: dict[str, Any], params: dict[str, np.ndarray], n_samples: int, aux: dict[str, Any]
-) -> tuple[Any, Any]:
-    """Mask the reply for secure aggregation with this node's keys (see common.secagg.protect)."""
-    from common.proto import fedloom_pb2 as pb
+def _mask_reply(task: pb.WorkerTask, result: pb.WorkerResult, payload: Path) -> None:
+    """Mask the plan's clear reply for secure aggregation (see common.secagg.protect)."""
+    from common.optimizers.aux_codec import decode_aux_vars
+    from common.payload import read_payload_file, write_sections_file
     from common.secagg import CorrectionLedger, NodeMasker, load_or_create_keypair
     from common.secagg.protect import context_settings, protect_node_reply
 
-    context = pb.SecaggContext()
-    context.ParseFromString(bytes.fromhex(secagg["context_hex"]))
+    sections = read_payload_file(payload).sections()
+    params = sections.get(pb.PAYLOAD_SECTION_PARAMS, {})
+    aux_arrays = sections.get(pb.PAYLOAD_SECTION_AUX, {})
+    aux = decode_aux_vars(result.aux_vars, aux_arrays, result.vector_kind)  # type: ignore[arg-type]
+    context = task.secagg
     settings = context_settings(context)
+    masker: Any
     if context.threshold:  # double masking: shares came with the request
         from node.secagg_tasks import double_masker
 
-        return protect_node_reply(
-            double_masker(secagg, context),
-            params,
-            n_samples,
-            aux,
-            protect_parameters=settings.protect_parameters,
+        masker = double_masker(
+            {"node_id": task.node_id, "state_dir": task.secagg_sessions_dir}, context
         )
-    masker = NodeMasker(
-        context.session_id,
-        secagg["node_id"],
-        load_or_create_keypair(Path(secagg["keys_dir"])),
-        {peer.node_id: bytes(peer.public_key) for peer in context.peers},
-        settings,
-        ledger=CorrectionLedger(Path(secagg["ledger_path"])),
+    else:
+        masker = NodeMasker(
+            context.session_id,
+            task.node_id,
+            load_or_create_keypair(Path(task.keys_dir)),
+            {peer.node_id: bytes(peer.public_key) for peer in context.peers},
+            settings,
+            ledger=CorrectionLedger(Path(task.ledger_path)),
+        )
+    out_sections, aux_out = protect_node_reply(
+        masker, params, int(result.n_samples), aux, protect_parameters=settings.protect_parameters
     )
-    return protect_node_reply(
-        masker, params, n_samples, aux, protect_parameters=settings.protect_parameters
+    write_sections_file(Path(task.reply_payload_path), out_sections)
+    result.aux_vars.CopyFrom(aux_out)
+
+
+def _memory_refusal(exc: BaseException, limits: pb.WorkerLimits) -> str | None:
+    """The truth about a refused allocation, or None when `exc` is not one."""
+    text = str(exc)
+    refused = isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and any(m in text for m in _TORCH_ALLOCATION_FAILURES)
+    )
+    if not refused:
+        return None
+    detail = text or type(exc).__name__
+    if limits.max_memory_bytes:
+        mb = limits.max_memory_bytes // (1024 * 1024)
+        return (
+            f"the training plan's memory allocation was refused: the task reached the node's "
+            f"memory limit of {mb} MB ({detail}); use less memory (smaller batches or model), "
+            "or ask the node's operator to raise max_memory_mb"
+        )
+    return (
+        f"the training plan's memory allocation was refused by the operating system ({detail}); "
+        "this node sets no memory limit, so the machine itself is short of memory"
     )
 
 
-def _error_result(exc: BaseException) -> dict[str, Any]:
+def _plan_error(exc: BaseException, limits: pb.WorkerLimits) -> pb.WorkerResult:
     frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
     summary = "".join(frames[-TRACEBACK_FRAMES:]).strip()
     kind = type(exc).__name__
     if isinstance(exc, SystemExit):
         message = f"the training plan called sys.exit({exc.code})"
-    elif isinstance(exc, MemoryError):
-        message = "the training plan ran out of memory (node memory limit reached)"
     else:
-        message = str(exc) or kind
-    return {"ok": False, "kind": kind, "message": message, "traceback": summary}
+        message = _memory_refusal(exc, limits) or str(exc) or kind
+    return error_result(kind, message, summary)
 
 
-def _run_spec_file(spec_path: str) -> None:
-    """Body of one task process: read the spec, run the task, write the result file."""
-    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+def describe_plan_exit(status: int, elapsed: float, oom_kills: int | None) -> str:
+    """Why the plan process ended without a result; `oom_kills` is the kernel's count of
+    OOM kills during the task (None: unknown)."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return (
+            f"the training process exited with code {code} after {elapsed:.1f} s without a result"
+        )
+    number = -code
+    name = (
+        signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
+    )
+    text = f"the training process was killed by signal {name} after {elapsed:.1f} s"
+    if number != signal.SIGKILL:
+        return text
+    if oom_kills:
+        return (
+            f"{text} by the kernel's out-of-memory killer: the machine (or the node's memory "
+            "cgroup) ran out of memory; lower max_memory_mb so the node's own limit applies first"
+        )
+    if oom_kills is None:
+        return f"{text}, not by the node (whether the kernel's OOM killer did is unknown here)"
+    return f"{text}, not by the node nor by the kernel's OOM killer (another process sent it)"
+
+
+def _plan_process(task: pb.WorkerTask) -> None:
+    """Body of the plan process: confine, train, write the plan's result file."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    set_parent_death_signal(signal.SIGKILL)  # the supervisor died: so does the plan
     # Anything the plan prints goes to the log relay, never to the zygote's protocol pipe.
     sys.stdout = _StdoutToLog()
-    _limit_memory(spec.get("max_memory_mb"))
-    if spec.get("random_seed") is not None:
-        import torch
-
-        torch.manual_seed(int(spec["random_seed"]))
+    scratch = Path(task.scratch_dir)
+    tmp = scratch / "tmp"
+    tmp.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = str(tmp)  # tempfile and libraries write inside the box
+    tempfile.tempdir = None
     try:
-        result = run_task(spec)
+        confine_process(task.limits, [scratch, Path(task.state_dir)])
+        result = run_task(task)
     except BaseException as exc:  # the plan is untrusted: any failure becomes a reply
-        result = _error_result(exc)
-    Path(spec["result_path"]).write_text(json.dumps(result), encoding="utf-8")
+        result = _plan_error(exc, task.limits)
+    write_message(scratch / PLAN_RESULT, result)
+
+
+def _plan_outcome(
+    task: pb.WorkerTask, status: int, elapsed: float, oom_before: int | None
+) -> pb.WorkerResult:
+    """The task's WorkerResult, from the plan's result file or from how its process ended."""
+    scratch = Path(task.scratch_dir)
+    result_path = scratch / PLAN_RESULT
+    if not (os.waitstatus_to_exitcode(status) == 0 and result_path.exists()):
+        oom_after = oom_kill_count()
+        oom_kills = None if oom_before is None or oom_after is None else oom_after - oom_before
+        return error_result("WorkerDied", describe_plan_exit(status, elapsed, oom_kills))
+    try:
+        result = read_worker_result(result_path)
+        if not result.ok:
+            return result
+        if task.secagg.enabled:
+            _mask_reply(task, result, scratch / PLAN_PAYLOAD)
+        else:
+            _check_payload(scratch / PLAN_PAYLOAD)
+            os.replace(scratch / PLAN_PAYLOAD, task.reply_payload_path)
+    except WorkerProtocolError as exc:
+        return error_result("BadResult", f"the training plan left an unusable result: {exc}")
+    except Exception as exc:  # masking a forged or broken reply: a reason, not a crash
+        return error_result(type(exc).__name__, str(exc) or type(exc).__name__)
+    return result
+
+
+def _check_payload(path: Path) -> None:
+    """Refuse a reply payload the plan process could have forged before the daemon reads it."""
+    from common.payload import read_payload_file
+
+    try:
+        read_payload_file(path).sections()
+    except Exception as exc:  # payload.py lets some malformed files through as other errors
+        raise WorkerProtocolError(f"reply payload {path.name} is malformed: {exc}") from exc
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM in the zygote or a supervisor: end every process of the task(s), then exit."""
+    kill_descendants()
+    os._exit(128 + signum)
+
+
+def _supervise(task_path: Path) -> None:
+    """Body of one task's supervisor: run the plan process, clean up after it, write the result."""
+    become_subreaper()
+    set_parent_death_signal(signal.SIGTERM)  # the zygote died: clean up and go
+    task = read_worker_task(task_path)
+    oom_before = oom_kill_count()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            _plan_process(task)
+        except BaseException:
+            code = 1
+        finally:
+            sys.stderr.flush()
+            # Skip interpreter teardown: the result is on disk and the supervisor waits.
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    elapsed = time.monotonic() - started
+    # Before the plan's output is read: nothing it left running may still change it.
+    leftovers = kill_descendants()
+    if leftovers:
+        log.warning("stopped %d process(es) the training plan left running", leftovers)
+    write_message(Path(task.result_path), _plan_outcome(task, status, elapsed, oom_before))
 
 
 def _serve_forks() -> None:
-    """Zygote loop: fork one fresh child per task spec path read on stdin.
+    """Zygote loop: fork one supervisor per task file path read on stdin.
 
-    Protocol on stdout, one line each: ``ready`` once imports are done, ``pid <child pid>``
-    when a task starts and ``exit <child pid> <exit code>`` when it ends (negative: killed
-    by that signal). On stderr, after the child's log lines, ``{"task_end": <child pid>}``
-    marks their end.
+    Protocol on stdout, one line each: ``ready`` once imports are done, ``pid <supervisor
+    pid>`` when a task starts and ``exit <supervisor pid> <exit code>`` when it ends
+    (negative: killed by that signal). On stderr, after the task's log lines,
+    ``{"task_end": <pid>}`` marks their end.
     """
+    become_subreaper()  # a supervisor killed by the daemon leaves its orphans to us
+    signal.signal(signal.SIGTERM, _terminate)
+    # The daemon died: end every task. (The kernel ties this to the daemon thread that
+    # started us, its main or task thread, which live as long as the daemon.)
+    set_parent_death_signal(signal.SIGTERM)
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of the zygote or its children land in the log relay
     protocol.write(f"{READY_LINE}\n")  # imports done: the daemon may now say hello
     for line in sys.stdin:
-        spec_path = line.strip()
-        if not spec_path:
+        task_path = line.strip()
+        if not task_path:
             continue
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                os.setpgid(0, 0)  # its own group: the daemon can kill it and anything it starts
-                _run_spec_file(spec_path)
+                os.setpgid(0, 0)  # its own group: the daemon can kill it and its plan at once
+                _supervise(Path(task_path))
+            except WorkerProtocolError as exc:
+                log.error("%s", exc)
+                code = 1
             except BaseException:
+                log.exception("the task supervisor failed")
                 code = 1
             finally:
                 sys.stderr.flush()
-                # Skip interpreter teardown: the result is on disk and the daemon waits.
                 os._exit(code)
         protocol.write(f"pid {pid}\n")
         _, status = os.waitpid(pid, 0)
-        # The child's log lines are all in the stderr pipe by now; this marker follows them,
+        leftovers = kill_descendants()
+        if leftovers:
+            log.warning("stopped %d process(es) left by a stopped task", leftovers)
+        # The task's log lines are all in the stderr pipe by now; this marker follows them,
         # so the daemon can relay every one of them before it sends the task's reply.
         sys.stderr.write(json.dumps({LOG_END_KEY: pid}) + "\n")
         sys.stderr.flush()
         protocol.write(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n")
+    kill_descendants()
 
 
 def _import_torch_optim_lazies() -> None:

@@ -23,10 +23,16 @@ Two ways to plug it in, both driven by one :class:`NodeAuthenticator`
 
 Allowlist: a text file of node ids, one per line (``#`` comments allowed),
 given explicitly or found as ``allowed_nodes.txt`` in the certificate directory.
+It applies in both modes: :func:`servicer_check` is what the researcher's server
+uses, with TLS or without.
 
 Insecure mode (plain-text channel, only when both sides ask for it with
 ``--insecure``): nothing proves identity, the claimed ``node_id`` is taken as
-is and only the allowlist applies. It is logged as a warning.
+is, and the allowlist still applies to it (an ``allowed_nodes.txt`` in the
+certificate directory given with ``--insecure``): a node not on it is refused
+with ``UNAUTHENTICATED`` as under TLS. Since any peer can claim any id there,
+the allowlist then guards against mistakes (a node of another federation), not
+against an attacker. It is logged as a warning.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from cryptography import x509
@@ -55,6 +61,7 @@ __all__ = [
     "claimed_node_id",
     "load_allowlist",
     "make_authenticator",
+    "servicer_check",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +75,10 @@ NODE_ID_METADATA = "fedloom-node-id"
 #: Only the Federation service's methods are guarded; a health check registered beside it
 #: stays reachable (its transport is still TLS).
 GUARDED_SERVICE = "/fedloom.v1.Federation/"
+
+if TYPE_CHECKING:
+    # Generic in the type stubs only: the runtime class takes no parameters.
+    _Handler = grpc.RpcMethodHandler[Any, Any]
 
 #: Key of grpc's auth context holding the peer's PEM certificate (set by the TLS handshake).
 _PEM_CERT_KEY = "x509_pem_cert"
@@ -109,11 +120,11 @@ def authenticated_node_id(context: grpc.ServicerContext) -> str | None:
 
     Raises AuthenticationError when the certificate names no valid node id.
     """
-    pems = context.auth_context().get(_PEM_CERT_KEY)
+    pems = list(context.auth_context().get(_PEM_CERT_KEY) or ())
     if not pems:
         return None
     try:
-        node_id = node_id_from_certificate(x509.load_pem_x509_certificate(pems[0]))
+        node_id = node_id_from_certificate(x509.load_pem_x509_certificate(bytes(pems[0])))
     except (ValueError, ConfigurationError) as exc:
         raise AuthenticationError(f"unusable client certificate: {exc}") from None
     if node_id is None:
@@ -276,6 +287,25 @@ def make_authenticator(
     return NodeAuthenticator(allowed_node_ids=allowed, insecure=insecure)
 
 
+def servicer_check(
+    cert_dir: str | os.PathLike[str] | None, *, insecure: bool
+) -> Callable[[grpc.ServicerContext, str], str | None]:
+    """The servicer's node check for a researcher serving with ``cert_dir``, TLS or not.
+
+    Certificate identity under TLS, the allowlist (``cert_dir/allowed_nodes.txt``) in both
+    modes. A refused caller's RPC is aborted with the policy's own status
+    (UNAUTHENTICATED: no proof of identity or off the allowlist; PERMISSION_DENIED:
+    claims another node's id) and reason; the check returns None otherwise.
+    """
+    policy = make_authenticator(cert_dir, insecure=insecure)
+
+    def check(context: grpc.ServicerContext, claimed_node_id: str) -> str | None:
+        policy.node_id(context, claimed_node_id)
+        return None
+
+    return check
+
+
 class NodeAuthInterceptor(grpc.ServerInterceptor):
     """Applies a :class:`NodeAuthenticator` to every Federation RPC and every request message."""
 
@@ -284,9 +314,9 @@ class NodeAuthInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> _Handler | None:
         handler = continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(GUARDED_SERVICE):
             return handler
@@ -319,7 +349,7 @@ def _checked_stream(
         yield request
 
 
-def _wrap(handler: grpc.RpcMethodHandler, auth: NodeAuthenticator) -> grpc.RpcMethodHandler:
+def _wrap(handler: _Handler, auth: NodeAuthenticator) -> _Handler:
     """The same handler with its request(s) checked before the servicer sees them."""
     if handler.request_streaming:
         stream = handler.stream_stream or handler.stream_unary

@@ -17,8 +17,8 @@ import grpc
 
 from common.constants import DEFAULT_PORT
 from common.errors import ConfigurationError
-from researcher.auth import make_authenticator
-from researcher.servicer import NodeAuthenticator, allow_any_node
+from researcher.auth import servicer_check
+from researcher.servicer import NodeAuthenticator
 
 __all__ = ["RunOptions", "default_run_options", "use_run_options"]
 
@@ -75,20 +75,9 @@ class RunOptions:
         return server_credentials(self.cert_dir)
 
     def authenticator(self) -> NodeAuthenticator:
-        """The servicer's node check: certificate identity and allowlist under TLS."""
-        if not self.uses_tls:
-            return allow_any_node
-        assert self.cert_dir is not None
-        policy = make_authenticator(self.cert_dir)
-
-        def authenticate(context: grpc.ServicerContext, claimed_node_id: str) -> str | None:
-            # Abort with the policy's own status (UNAUTHENTICATED: no proof of identity or
-            # off the allowlist; PERMISSION_DENIED: claims another node's id) and reason,
-            # rather than returning the reason for the servicer to answer with one code.
-            policy.node_id(context, claimed_node_id)
-            return None
-
-        return authenticate
+        """The servicer's node check: certificate identity under TLS, the allowlist always
+        (``cert_dir/allowed_nodes.txt``, also with ``--insecure --certs DIR``)."""
+        return servicer_check(self.cert_dir, insecure=not self.uses_tls)
 
 
 _default = RunOptions()

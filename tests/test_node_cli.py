@@ -534,7 +534,10 @@ def test_start_with_allow_unapproved_logs_a_warning(
         (["--cert", "{ca}"], "--cert and --key go together"),
         (["--ca", "{missing}"], "does not exist"),
         (["--insecure", "--task-timeout", "0"], "--task-timeout must be a positive number"),
-        (["--insecure", "--max-memory-mb", "-5"], "--max-memory-mb must be a positive number"),
+        (
+            ["--insecure", "--max-memory-mb", "-5"],
+            "--max-memory-mb must be a number of megabytes, or 0 for no limit",
+        ),
     ],
 )
 def test_start_refuses_inconsistent_options_before_starting(
@@ -596,3 +599,44 @@ def test_init_shows_the_console_password_once_and_stores_only_its_hash(
     assert check_password(path / "node.db", secret.group(1))
     assert not check_password(path / "node.db", secret.group(1) + "x")
     assert secret.group(1).encode() not in (path / "node.db").read_bytes()
+
+
+# ------------------------------------------------------------------ containment
+
+
+def test_containment_reports_what_the_kernel_confines(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.containment import probe_support
+
+    support = probe_support()
+    code, out, _ = run(capsys, *node(home, "containment", "--json"))
+    report = json.loads(out)
+    assert report["landlock_abi"] == support.landlock_abi
+    assert report["writes_confined"] == support.confines_writes
+    assert report["network_isolated"] == support.isolates_network
+    assert code == (0 if not report["problems"] else 1)
+
+
+def test_containment_off_in_the_config_is_reported_as_a_problem(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with (home / "config.toml").open("a", encoding="utf-8") as fh:
+        fh.write('\n[containment]\nconfinement = "off"\nmax_memory_mb = 0\n')
+    code, out, _ = run(capsys, *node(home, "containment", "--json"))
+    report = json.loads(out)
+    assert code == 1
+    assert not report["writes_confined"] and not report["network_isolated"]
+    assert report["max_memory_mb"] == 0
+    assert any("NO memory limit" in p for p in report["problems"])
+    assert any("confinement = 'off'" in p for p in report["problems"])
+
+
+def test_start_accepts_zero_memory_for_no_limit_and_refuses_a_negative_one(
+    home: Path, fake_daemon: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--insecure", "--max-memory-mb", "0", "--confinement", "require"]
+    assert run(capsys, *node(home, "start", *argv))[0] == 0
+    assert (fake_daemon[0]["max_memory_mb"], fake_daemon[0]["confinement"]) == (0, "require")
+    code, _, err = run(capsys, *node(home, "start", "--insecure", "--max-memory-mb", "-1"))
+    assert code == 2 and "0 for no limit" in err

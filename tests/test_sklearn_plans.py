@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -154,6 +155,33 @@ def test_epochs_run_every_batch_of_every_epoch() -> None:
     plan = _plan(FedSGDClassifier, Optimizer(lr=0.2), {"n_features": 3}, epochs=2, batch_size=10)
     _, result = _train(plan, x, y)
     assert result.n_steps == 6
+
+
+def test_log_interval_logs_the_loss_every_that_many_steps(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    x, y = _binary_data(n=25)
+    plan = _plan(
+        FedSGDClassifier, Optimizer(lr=0.2), {"n_features": 3}, num_updates=7, log_interval=3
+    )
+    caplog.set_level(logging.INFO, logger="common.training_plans.base")
+    _, result = _train(plan, x, y)
+    logged = [r.getMessage() for r in caplog.records if "training loss" in r.getMessage()]
+    assert logged == [
+        f"local step {step}: training loss {result.losses[step - 1]:.6g}" for step in (3, 6)
+    ]
+
+
+def test_log_interval_zero_logs_no_step_and_a_negative_one_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    x, y = _binary_data(n=25)
+    plan = _plan(FedSGDClassifier, Optimizer(lr=0.2), {"n_features": 3}, log_interval=0)
+    caplog.set_level(logging.INFO, logger="common.training_plans.base")
+    _train(plan, x, y)
+    assert not [r for r in caplog.records if "training loss" in r.getMessage()]
+    with pytest.raises(ConfigurationError, match="log_interval"):
+        TrainingArgs(log_interval=-1)
 
 
 def test_adam_steps_match_numpy_reference_on_log_loss() -> None:

@@ -215,6 +215,28 @@ def test_insecure_node_reaches_an_insecure_researcher(researcher_address, start_
     assert [n.node_id for n in get_server().directory.connected()] == ["node-1"]
 
 
+def test_insecure_mode_applies_the_allowlist_too(tmp_path, researcher_address, start_node):
+    from researcher.run_options import RunOptions, use_run_options
+
+    certs = tmp_path / "insecure-certs"
+    certs.mkdir()
+    (certs / "allowed_nodes.txt").write_text("node-1\n")
+    options = RunOptions(
+        address=researcher_address, out_dir=tmp_path / "runs", cert_dir=certs, insecure=True
+    )
+    with use_run_options(options):
+        get_server()
+
+        outsider = start_node("node-3", node_id="node-3")
+        allowed = start_node("node-1", node_id="node-1")
+
+        assert outsider.proc.wait(timeout=REFUSED_EXIT_TIMEOUT) == EXIT_REFUSED, outsider.log()
+        assert "node 'node-3' is not on the researcher's allowlist" in outsider.log()
+        wait_for_nodes(1)
+        assert [n.node_id for n in get_server().directory.connected()] == ["node-1"]
+        assert allowed.proc.poll() is None
+
+
 def test_a_researcher_that_is_down_is_not_blamed_on_tls(tls_researcher: TlsResearcher, start_node):
     nobody = f"127.0.0.1:{free_port()}"
     node = start_node(

@@ -14,6 +14,7 @@ fields, missing arrays and malformed values raise `PayloadError`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -282,14 +283,15 @@ def _decode_vector(
 def _from_tensor(tensor: pb.Tensor, name: str) -> np.ndarray:
     try:
         dtype = np.dtype(tensor.dtype)
-    except TypeError as exc:
+    except (TypeError, ValueError, SyntaxError) as exc:  # numpy parses some strings as code
         raise PayloadError(f"aux-var field {name!r} has unknown dtype {tensor.dtype!r}") from exc
     if dtype.kind not in _NUMERIC_KINDS:
         raise PayloadError(f"aux-var field {name!r} has non-numeric dtype {tensor.dtype!r}")
     shape = tuple(int(dim) for dim in tensor.shape)
     if any(dim < 0 for dim in shape):
         raise PayloadError(f"aux-var field {name!r} has a negative dimension in {shape}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: an int64 product could wrap around to match a short buffer.
+    expected = math.prod(shape) * dtype.itemsize
     if expected != len(tensor.data):
         raise PayloadError(
             f"aux-var field {name!r}: {len(tensor.data)} bytes for shape {shape} of {dtype} "

@@ -1240,6 +1240,206 @@ class TaskReply(_message.Message):
 Global___TaskReply: _TypeAlias = TaskReply  # noqa: Y015
 
 @_typing.final
+class WorkerLimits(_message.Message):
+    """------------------------------------------------ node daemon <-> training process
+    Local to one node, never on the network: the daemon writes a WorkerTask into the task's
+    scratch directory and starts a training process (node.worker), which answers with a
+    WorkerResult there.
+
+    What confines a training process (see node.containment).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    CONFINE_WRITES_FIELD_NUMBER: _builtins.int
+    ISOLATE_NETWORK_FIELD_NUMBER: _builtins.int
+    max_memory_bytes: _builtins.int
+    """address space the plan may add to its forked size; 0: none"""
+    confine_writes: _builtins.bool
+    """Landlock: writes only under scratch_dir and state_dir"""
+    isolate_network: _builtins.bool
+    """no network: own network namespace and/or Landlock TCP rules"""
+    def __init__(
+        self,
+        *,
+        max_memory_bytes: _builtins.int = ...,
+        confine_writes: _builtins.bool = ...,
+        isolate_network: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confine_writes", b"confine_writes", "isolate_network", b"isolate_network", "max_memory_bytes", b"max_memory_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerLimits: _TypeAlias = WorkerLimits  # noqa: Y015
+
+@_typing.final
+class WorkerTask(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    CLASS_NAME_FIELD_NUMBER: _builtins.int
+    PLAN_PATH_FIELD_NUMBER: _builtins.int
+    DATASET_PATH_FIELD_NUMBER: _builtins.int
+    TRAINING_ARGS_JSON_FIELD_NUMBER: _builtins.int
+    MODEL_ARGS_JSON_FIELD_NUMBER: _builtins.int
+    GLOBAL_PAYLOAD_PATH_FIELD_NUMBER: _builtins.int
+    AUX_VARS_FIELD_NUMBER: _builtins.int
+    SCRATCH_DIR_FIELD_NUMBER: _builtins.int
+    STATE_DIR_FIELD_NUMBER: _builtins.int
+    REPLY_PAYLOAD_PATH_FIELD_NUMBER: _builtins.int
+    RESULT_PATH_FIELD_NUMBER: _builtins.int
+    SECAGG_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    KEYS_DIR_FIELD_NUMBER: _builtins.int
+    LEDGER_PATH_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    SECAGG_SESSIONS_DIR_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    experiment_id: _builtins.str
+    round: _builtins.int
+    class_name: _builtins.str
+    plan_path: _builtins.str
+    """the approved source, in scratch_dir"""
+    dataset_path: _builtins.str
+    training_args_json: _builtins.str
+    model_args_json: _builtins.str
+    global_payload_path: _builtins.str
+    """the downloaded global parameters, in scratch_dir"""
+    scratch_dir: _builtins.str
+    """with state_dir, the only folder the plan may write to"""
+    state_dir: _builtins.str
+    """this experiment's optimizer state on this node"""
+    reply_payload_path: _builtins.str
+    """reply parameters (+ aux-var arrays), in scratch_dir"""
+    result_path: _builtins.str
+    """the WorkerResult, in scratch_dir"""
+    node_id: _builtins.str
+    keys_dir: _builtins.str
+    """SecAgg key pair: used by the supervisor, not the plan"""
+    ledger_path: _builtins.str
+    """SecAgg ledger: written by the supervisor, not the plan"""
+    secagg_sessions_dir: _builtins.str
+    """double-masking session state (supervisor only)"""
+    @_builtins.property
+    def aux_vars(self) -> Global___AuxVars:
+        """the researcher optimizer's aux vars for this node"""
+
+    @_builtins.property
+    def secagg(self) -> Global___SecaggContext:
+        """enabled = false without SecAgg"""
+
+    @_builtins.property
+    def limits(self) -> Global___WorkerLimits: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        experiment_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        class_name: _builtins.str = ...,
+        plan_path: _builtins.str = ...,
+        dataset_path: _builtins.str = ...,
+        training_args_json: _builtins.str = ...,
+        model_args_json: _builtins.str = ...,
+        global_payload_path: _builtins.str = ...,
+        aux_vars: Global___AuxVars | None = ...,
+        scratch_dir: _builtins.str = ...,
+        state_dir: _builtins.str = ...,
+        reply_payload_path: _builtins.str = ...,
+        result_path: _builtins.str = ...,
+        secagg: Global___SecaggContext | None = ...,
+        node_id: _builtins.str = ...,
+        keys_dir: _builtins.str = ...,
+        ledger_path: _builtins.str = ...,
+        limits: Global___WorkerLimits | None = ...,
+        secagg_sessions_dir: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "limits", b"limits", "secagg", b"secagg"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "class_name", b"class_name", "dataset_path", b"dataset_path", "experiment_id", b"experiment_id", "global_payload_path", b"global_payload_path", "keys_dir", b"keys_dir", "ledger_path", b"ledger_path", "limits", b"limits", "model_args_json", b"model_args_json", "node_id", b"node_id", "plan_path", b"plan_path", "reply_payload_path", b"reply_payload_path", "result_path", b"result_path", "round", b"round", "scratch_dir", b"scratch_dir", "secagg", b"secagg", "secagg_sessions_dir", b"secagg_sessions_dir", "state_dir", b"state_dir", "task_id", b"task_id", "training_args_json", b"training_args_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerTask: _TypeAlias = WorkerTask  # noqa: Y015
+
+@_typing.final
+class WorkerResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    OK_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    N_SAMPLES_FIELD_NUMBER: _builtins.int
+    N_STEPS_FIELD_NUMBER: _builtins.int
+    LOSSES_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    TRAIN_SECONDS_FIELD_NUMBER: _builtins.int
+    AUX_VARS_FIELD_NUMBER: _builtins.int
+    VECTOR_KIND_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    n_samples: _builtins.int
+    n_steps: _builtins.int
+    train_seconds: _builtins.float
+    vector_kind: _builtins.str
+    """"torch" or "numpy": how the plan's aux Vectors decode"""
+    @_builtins.property
+    def error(self) -> Global___TaskError:
+        """set when ok is false"""
+
+    @_builtins.property
+    def losses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def aux_vars(self) -> Global___AuxVars:
+        """reply aux vars; their arrays are in the reply payload"""
+
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        error: Global___TaskError | None = ...,
+        n_samples: _builtins.int = ...,
+        n_steps: _builtins.int = ...,
+        losses: _abc.Iterable[_builtins.float] | None = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        train_seconds: _builtins.float = ...,
+        aux_vars: Global___AuxVars | None = ...,
+        vector_kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "error", b"error", "losses", b"losses", "metrics", b"metrics", "n_samples", b"n_samples", "n_steps", b"n_steps", "ok", b"ok", "train_seconds", b"train_seconds", "vector_kind", b"vector_kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerResult: _TypeAlias = WorkerResult  # noqa: Y015
+
+@_typing.final
 class LogRecord(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

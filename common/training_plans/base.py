@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from common.errors import PlanError
 from common.training_args import TrainingArgs
 
 __all__ = ["BaseTrainingPlan", "LocalTrainingResult"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,6 +124,12 @@ class BaseTrainingPlan(abc.ABC):
             epoch += 1
             if args.num_updates is None and epoch >= args.effective_epochs:
                 return
+
+    def report_step(self, step: int, loss: float) -> None:
+        """Log the loss of local step `step` (1-based) every `log_interval` steps."""
+        interval = self._training_args.log_interval
+        if interval and step % interval == 0:
+            log.info("local step %d: training loss %.6g", step, loss)
 
     def evaluate(self, data: DataManager) -> dict[str, float]:
         """Validation metrics on `data` (plans may override; default: none)."""

@@ -387,6 +387,7 @@ class _SGDTrainingPlan(BaseTrainingPlan):
             optimizer.set_gradients(grads)
             optimizer.step()
             losses.append(loss)
+            self.report_step(len(losses), loss)
         return LocalTrainingResult(n_samples=len(data), n_steps=len(losses), losses=losses)
 
     def evaluate(self, data: DataManager) -> dict[str, float]:

@@ -146,6 +146,7 @@ class TorchTrainingPlan(BaseTrainingPlan):
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
             optimizer.step()
             losses.append(float(loss.detach()))
+            self.report_step(len(losses), losses[-1])
         return LocalTrainingResult(n_samples=len(data), n_steps=len(losses), losses=losses)
 
     def evaluate(self, data: DataManager) -> dict[str, float]:
