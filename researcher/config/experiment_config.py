@@ -204,4 +204,8 @@ def load_experiment_config(path: Path) -> ExperimentConfig:
         raise ConfigurationError(f"experiment file {path} does not exist") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8"
+        ) from exc
     return ExperimentConfig.from_dict(data, path)
