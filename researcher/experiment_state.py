@@ -24,10 +24,10 @@ from common.secagg import SecureAggregation
 from common.training_args import TrainingArgs
 from common.training_plans.base import BaseTrainingPlan
 from researcher.aggregators import Aggregator, FedAverage, aggregator_from_state
-from researcher.checkpoint import DEFAULT_KEEP_CHECKPOINTS, PLAN_FILE, Checkpoint, split_arrays
+from researcher.checkpoint import DEFAULT_KEEP_CHECKPOINTS, Checkpoint, split_arrays
 from researcher.history import RoundRecord
 from researcher.optimization import ResearcherOptimizer
-from researcher.plan_loader import load_plan_class
+from researcher.plan_probe import PlanDetails, PlanFile, plan_file_for_source
 from researcher.rounds.round import PlanInfo
 from researcher.strategies import DefaultStrategy, Strategy, strategy_from_state
 
@@ -48,8 +48,12 @@ class ExperimentState:
     experiment_id: str
     tags: list[str] = field(default_factory=list)
     nodes: list[str] | None = None
+    # The plan: a class imported in this process, or a file probed in a child process
+    # (researcher/plan_probe.py) so that this process never imports torch.
     plan_class: type[BaseTrainingPlan] | None = None
+    plan_file: PlanFile | None = None
     plan: PlanInfo | None = None
+    plan_details: PlanDetails | None = None
     training_args: TrainingArgs = field(default_factory=TrainingArgs)
     model_args: dict[str, Any] = field(default_factory=dict)
     round_limit: int | None = None
@@ -108,15 +112,16 @@ class ExperimentState:
         saved = checkpoint.state
         if checkpoint.path is None:
             raise ConfigurationError("a checkpoint read from disk is needed to rebuild its plan")
-        plan_class = load_plan_class(checkpoint.path / PLAN_FILE, saved["plan"]["class_name"])
+        plan = PlanInfo(
+            saved["plan"]["class_name"], checkpoint.plan_source, saved["plan"]["sha256"]
+        )
         state = cls(
             experiment_id=str(saved["experiment_id"]),
             tags=list(saved["tags"]),
             nodes=None if saved["nodes"] is None else list(saved["nodes"]),
-            plan_class=plan_class,
-            plan=PlanInfo(
-                saved["plan"]["class_name"], checkpoint.plan_source, saved["plan"]["sha256"]
-            ),
+            # Probed, not imported: the checkpoint directory may be pruned, so from a copy.
+            plan_file=plan_file_for_source(plan.class_name, plan.source, plan.sha256),
+            plan=plan,
             training_args=TrainingArgs.from_dict(saved["training_args"]),
             model_args=dict(saved["model_args"]),
             round_limit=saved["round_limit"],
