@@ -66,6 +66,8 @@ class ExperimentState:
     # Progress.
     round: int = 0
     global_params: dict[str, np.ndarray] | None = None
+    #: The file holding exactly `global_params` (the round's), linked into checkpoints.
+    global_params_file: Path | None = None
     history: list[RoundRecord] = field(default_factory=list)
 
     def set_agg_optimizer(self, optimizer: Optimizer | None) -> None:
@@ -77,9 +79,9 @@ class ExperimentState:
         """The whole state as a Checkpoint (JSON-able part, arrays, plan source)."""
         if self.global_params is None or self.plan is None:
             raise ConfigurationError("nothing to checkpoint yet: set a training plan first")
-        arrays: dict[str, np.ndarray] = {
-            f"{PARAM_PREFIX}/{name}": value for name, value in self.global_params.items()
-        }
+        arrays: dict[str, np.ndarray] = {}
+        if self.global_params_file is None:
+            arrays = {f"{PARAM_PREFIX}/{name}": v for name, v in self.global_params.items()}
         optimizer_state = None
         if self.researcher_optimizer is not None and self.agg_optimizer is not None:
             meta, optim_arrays = self.researcher_optimizer.get_state()
@@ -102,7 +104,11 @@ class ExperimentState:
             "saved_at": time.time(),
         }
         return Checkpoint(
-            round=self.round, state=state, arrays=arrays, plan_source=self.plan.source
+            round=self.round,
+            state=state,
+            arrays=arrays,
+            plan_source=self.plan.source,
+            params_file=self.global_params_file,
         )
 
     # -- from disk ----------------------------------------------------------------------------
@@ -154,7 +160,12 @@ class ExperimentState:
         self.round = checkpoint.round
         if self.round_limit is not None and self.round_limit < self.round:
             self.round_limit = self.round
-        self.global_params = split_arrays(checkpoint.arrays, PARAM_PREFIX)
+        self.global_params = (
+            checkpoint.params
+            if checkpoint.params is not None
+            else split_arrays(checkpoint.arrays, PARAM_PREFIX)
+        )
+        self.global_params_file = None
         if self.researcher_optimizer is not None:
             saved_optimizer = saved.get("agg_optimizer")
             if saved_optimizer is None:

@@ -523,6 +523,12 @@ class Experiment:
         round_number = self._state.round + 1
         assert self._state.global_params is not None
         keep = None if self._node_params is None else self._node_params.writer(round_number)
+        round_file = self._aggregated.latest()
+        encoded = (
+            round_file.payload
+            if round_file is not None and round_file.path == self._state.global_params_file
+            else None
+        )
         try:
             result = run_round(
                 exchange,
@@ -532,6 +538,7 @@ class Experiment:
                 progress,
                 settle=settle,
                 keep_params=keep,
+                encoded_params=encoded,
             )
         except FedloomError as exc:
             progress.round_failed(round_number, str(exc))
@@ -545,12 +552,15 @@ class Experiment:
     def _commit(self, round_number: int, result: RoundResult) -> None:
         """Adopt the round's result, append its metrics and checkpoint it (signals held)."""
         state = self._state
-        state.global_params = result.params
+        # Written once; from here on the global model is the mapped file (no heap copy),
+        # which the checkpoint links and the next round publishes as is.
+        round_file = self._aggregated.record(round_number, result.params)
+        state.global_params = round_file.params
+        state.global_params_file = round_file.path
         state.round = round_number
         state.history.append(result.record)
         if self._plan is not None:
-            self._plan.set_parameters(result.params)
-        self._aggregated.record(round_number, result.params)
+            self._plan.set_parameters(round_file.params)
         self._replies[round_number] = {
             node_id: self._reply_summary(round_number, node_id, reply)
             for node_id, reply in result.replies.items()
@@ -631,6 +641,10 @@ class Experiment:
         self._describe()
         self._replies = {record.round: _replies_from_record(record) for record in state.history}
         self._aggregated.restore(state.round, state.global_params)
+        round_file = self._aggregated.latest()
+        if round_file is not None:
+            state.global_params = round_file.params
+            state.global_params_file = round_file.path
         self._checkpointed_round = state.round
         self._resume_pending = False
         MetricsLog(self.experimentation_folder() / METRICS_FILE).truncate_after(state.round)
