@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -86,6 +85,18 @@ def bare_grpc_seconds(total_bytes: int) -> float:
 
 
 # -- researcher side (a child process, so its peak memory is its own) ---------------------
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since its exec (VmHWM).
+
+    Not getrusage's ru_maxrss: Linux keeps that across exec, so a child would report the
+    peak of the bench process it was forked from (which imported torch).
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
+
+
 def researcher_main(width: int, rounds: int, total_rounds: int, address: str, out: Path) -> None:
     from researcher.federated_workflows import Experiment, PlanFile
     from researcher.run_options import RunOptions
@@ -102,14 +113,14 @@ def researcher_main(width: int, rounds: int, total_rounds: int, address: str, ou
         node_wait_timeout=300,
     )
     exp.check_training_plan()  # probe the plan before measuring the baseline
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = peak_rss_bytes()
     walls = []
     for _ in range(rounds):
         start = time.perf_counter()
         # The whole round as the researcher lives it: aggregation and checkpoint included.
         exp.run(rounds=1)
         walls.append(time.perf_counter() - start)
-    peak_timed = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_timed = peak_rss_bytes()
     if total_rounds > rounds:
         exp.run(rounds=total_rounds - rounds)
     rows = [
@@ -121,7 +132,7 @@ def researcher_main(width: int, rounds: int, total_rounds: int, address: str, ou
         }
         for r, wall in zip(exp.metrics_history(), walls, strict=False)
     ]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     out.write_text(
         json.dumps(
             {
