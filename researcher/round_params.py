@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mmap
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,27 +17,7 @@ from common.payload import (
 )
 from common.proto import fedloom_pb2 as pb
 
-__all__ = [
-    "AggregatedParams",
-    "NodeParams",
-    "NodeParamsStore",
-    "RoundFile",
-    "read_params_file",
-    "release_pages",
-]
-
-
-def release_pages(payload: EncodedPayload) -> None:
-    """Drop this process's resident pages of a file-backed payload (no-op for memory buffers).
-
-    The mapping is read-only and shared, so later reads fault the same bytes back in from
-    the page cache: serving the global model to the nodes leaves no model-sized footprint
-    in the researcher's resident memory while replies are folded.
-    """
-    buffer = payload.buffer
-    mapped = buffer.obj if isinstance(buffer, memoryview) else buffer
-    if isinstance(mapped, mmap.mmap) and len(mapped):
-        mapped.madvise(mmap.MADV_DONTNEED)
+__all__ = ["AggregatedParams", "NodeParams", "NodeParamsStore", "RoundFile", "read_params_file"]
 
 
 class RoundFile:

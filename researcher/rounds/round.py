@@ -25,7 +25,6 @@ from common.training_args import TrainingArgs
 from researcher.aggregators import Aggregator
 from researcher.history import NodeRoundRecord, RoundRecord
 from researcher.optimization import ResearcherOptimizer
-from researcher.round_params import release_pages
 from researcher.rounds.aggregation import (
     ClearAggregation,
     RoundAggregation,
@@ -157,8 +156,6 @@ def run_round(
         )
         aggregation.add(reply)
         # Accepted: from here on the reply is part of the round.
-        if encoded_params is not None:
-            release_pages(encoded_params)  # this node has its copy; others fault pages back in
         if keep_params is not None and reply.params:
             keep_params(reply.node_id, reply.params)
         replies[reply.node_id] = _without_arrays(reply)
