@@ -1,10 +1,19 @@
 """Round overhead: fedloom's round time beyond local training vs. a bare gRPC transfer.
 
 For models of about 100k, 10M and 100M float32 parameters and 3 nodes on loopback, with
-local training reduced to one step, prints per-round wall time, the bytes moved, the time
-to move the same bytes through a bare gRPC stream in 1 MiB chunks in the same run, their
-ratio, and the researcher's peak memory as a multiple of the model size, after the timed
-rounds and again after `--memory-rounds` rounds (memory must not grow with rounds).
+local training reduced to one step, prints per-round wall time, the slowest node's training
+time, the overhead (round minus that training), the time to move the same bytes through a
+bare gRPC stream in 1 MiB chunks in the same run and the overhead's ratio to it, the same
+local step run with plain torch in one process, and the researcher's peak memory after the
+timed rounds and again after `--memory-rounds` rounds (memory must not grow with rounds),
+with the growth over its pre-model baseline as a multiple of the model size.
+
+The researcher runs the way a TOML experiment does: the plan is a file probed in a child
+process (researcher/plan_probe.py), so the researcher process never imports torch; the
+table's last column says whether it did.
+
+Targets (issue 13): overhead <= 2x bare; peak <= 500 MB at 10M after 50 rounds; at 100M,
+peak <= baseline + 3x the model.
 
 Usage: python bench/round_overhead.py [--sizes 1e5,1e7,1e8] [--rounds 3] [--memory-rounds 50]
 """
@@ -15,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -77,32 +85,42 @@ def bare_grpc_seconds(total_bytes: int) -> float:
 
 
 # -- researcher side (a child process, so its peak memory is its own) ---------------------
-def researcher_main(width: int, rounds: int, total_rounds: int, address: str, out: Path) -> None:
-    from round_plan import SquareLinear
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since its exec (VmHWM).
 
-    from researcher.federated_workflows import Experiment
+    Not getrusage's ru_maxrss: Linux keeps that across exec, so a child would report the
+    peak of the bench process it was forked from (which imported torch).
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
+
+
+def researcher_main(width: int, rounds: int, total_rounds: int, address: str, out: Path) -> None:
+    from researcher.federated_workflows import Experiment, PlanFile
     from researcher.run_options import RunOptions
     from researcher.strategies import DefaultStrategy
 
     exp = Experiment(
         run_options=RunOptions(address=address, out_dir=out.parent / "runs", insecure=True),
         tags=["#bench"],
-        training_plan_class=SquareLinear,
+        training_plan=PlanFile(ROOT / "bench" / "round_plan.py", "SquareLinear"),
         model_args={"width": width},
         training_args={"num_updates": 1, "batch_size": 2},
         round_limit=total_rounds,
         node_selection_strategy=DefaultStrategy(min_nodes=N_NODES),
         node_wait_timeout=300,
     )
-    exp.training_plan()  # build the model before measuring the baseline
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    exp.check_training_plan()  # probe the plan before measuring the baseline
+    baseline = peak_rss_bytes()
     walls = []
     for _ in range(rounds):
         start = time.perf_counter()
         # The whole round as the researcher lives it: aggregation and checkpoint included.
         exp.run(rounds=1)
         walls.append(time.perf_counter() - start)
-    peak_timed = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_timed = peak_rss_bytes()
     if total_rounds > rounds:
         exp.run(rounds=total_rounds - rounds)
     rows = [
@@ -114,7 +132,7 @@ def researcher_main(width: int, rounds: int, total_rounds: int, address: str, ou
         }
         for r, wall in zip(exp.metrics_history(), walls, strict=False)
     ]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     out.write_text(
         json.dumps(
             {
@@ -122,6 +140,7 @@ def researcher_main(width: int, rounds: int, total_rounds: int, address: str, ou
                 "peak_rss_timed": peak_timed,
                 "peak_rss": peak,
                 "baseline_rss": baseline,
+                "torch_imported": "torch" in sys.modules,
             }
         )
     )
@@ -185,6 +204,7 @@ def run_size(n_params: float, rounds: int, memory_rounds: int, work: Path) -> di
         for proc in nodes:
             proc.wait()
     result = json.loads(result_path.read_text())
+    torch_step = plain_torch_seconds(width)
     steady = result["rounds"][1:] or result["rounds"]  # round 1 also ships the plan source
     round_s = min(r["seconds"] for r in steady)
     train_s = min(r["seconds"] - (r["seconds"] - r["max_train"]) for r in steady)
@@ -204,7 +224,27 @@ def run_size(n_params: float, rounds: int, memory_rounds: int, work: Path) -> di
         "peak_mb": result["peak_rss"] / 1e6,
         "peak_over_model": result["peak_rss"] / model_bytes,
         "extra_over_model": (result["peak_rss"] - result["baseline_rss"]) / model_bytes,
+        "baseline_mb": result["baseline_rss"] / 1e6,
+        "torch_s": torch_step,
+        "torch_imported": result["torch_imported"],
     }
+
+
+def plain_torch_seconds(width: int) -> float:
+    """The nodes' local training (one SGD step on 2 rows) with plain torch (best of 3)."""
+    import torch
+
+    model = torch.nn.Linear(width, width, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = torch.ones(2, width)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        model(data).pow(2).mean().backward()
+        optimizer.step()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def main() -> int:
@@ -226,20 +266,27 @@ def main() -> int:
         f"{N_NODES} nodes on loopback, one local step per round, best steady-state round of {args.rounds}"
     )
     header = (
-        f"{'params':>11} {'model MB':>9} {'round s':>8} {'train s':>8} {'overhead s':>10} "
-        f"{'moved MB':>9} {'bare s':>7} {'ratio':>6} {f'peak@{args.rounds} MB':>11} "
-        f"{f'peak@{args.memory_rounds} MB':>12} {'peak/model':>10}"
+        f"{'params':>11} {'model MB':>9} {'round s':>8} {'train s':>8} {'torch s':>8} "
+        f"{'overhead s':>10} {'bare s':>7} {'ratio':>6} {'base MB':>8} "
+        f"{f'peak@{args.rounds} MB':>11} {f'peak@{args.memory_rounds} MB':>12} "
+        f"{'(peak-base)/model':>17} {'torch in researcher':>19}"
     )
     print(header)
     with tempfile.TemporaryDirectory(prefix="fedloom-bench-") as tmp:
         for size in (float(s) for s in args.sizes.split(",")):
             r = run_size(size, args.rounds, args.memory_rounds, Path(tmp))
             print(
-                f"{r['params']:>11,} {r['model_mb']:>9.1f} {r['round_s']:>8.3f} {r['train_s']:>8.3f} "
-                f"{r['overhead_s']:>10.3f} {r['moved_mb']:>9.1f} {r['bare_s']:>7.3f} {r['ratio']:>6.2f} "
-                f"{r['peak_timed_mb']:>11.0f} {r['peak_mb']:>12.0f} {r['peak_over_model']:>10.1f}",
+                f"{r['params']:>11,} {r['model_mb']:>9.1f} {r['round_s']:>8.3f} "
+                f"{r['train_s']:>8.3f} {r['torch_s']:>8.3f} {r['overhead_s']:>10.3f} "
+                f"{r['bare_s']:>7.3f} {r['ratio']:>6.2f} {r['baseline_mb']:>8.0f} "
+                f"{r['peak_timed_mb']:>11.0f} {r['peak_mb']:>12.0f} "
+                f"{r['extra_over_model']:>17.2f} {'yes' if r['torch_imported'] else 'no':>19}",
                 flush=True,
             )
+    print(
+        "train s: the slowest node's local training; torch s: the same step with plain torch in "
+        "one process; overhead = round - train; bare: the same bytes on one bare gRPC stream"
+    )
     return 0
 
 

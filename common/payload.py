@@ -324,15 +324,17 @@ def write_sections_file(path: Path, sections: Sections) -> pb.PayloadManifest:
     """Write a payload file: header, manifest, then the aligned raw buffer."""
     manifest = build_manifest(sections)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w+b") as fh:
+    with open(tmp, "wb") as fh:
         _write_header(fh, manifest)
         start = fh.tell()
+        # Plain writes from the arrays: no mapping of the file, whose dirty pages would count
+        # as the writer's resident memory, and no staging buffer.
+        for spec in manifest.arrays:
+            src = np.asarray(sections[spec.section][spec.name])
+            src = np.ascontiguousarray(src.astype(np.dtype(spec.dtype), copy=False))
+            fh.write(b"\0" * (start + spec.offset - fh.tell()))
+            fh.write(src.data)
         fh.truncate(start + manifest.total_bytes)
-        if manifest.total_bytes:
-            with mmap.mmap(fh.fileno(), start + manifest.total_bytes) as mapped:
-                view = memoryview(mapped)[start:]
-                _fill(view, manifest, sections)
-                view.release()
     os.replace(tmp, path)
     return manifest
 

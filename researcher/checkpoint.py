@@ -4,8 +4,11 @@ A checkpoint is `<experiment folder>/checkpoints/round-NNNNNN/` holding
 
 - `state.json`: everything JSON-able (experiment id, round, config, optimizer metadata,
   aggregator and strategy state, history);
-- `arrays.bin`: every array (global parameters, optimizer state) in fedloom's payload file
-  format (`common.payload`): dtype, shape and raw bytes, never pickle;
+- `params.bin`: the global parameters, a hard link to the round's parameters file
+  (researcher/round_params.py), so they are written once per round, not twice;
+- `arrays.bin`: every other array (optimizer state; the parameters too when no round file
+  holds them) in fedloom's payload file format (`common.payload`): dtype, shape and raw
+  bytes, never pickle;
 - `training_plan.py`: the plan source that travels to the nodes, so the experiment can be
   rebuilt without the researcher's original script.
 
@@ -30,6 +33,7 @@ import numpy as np
 
 from common.errors import ConfigurationError, PayloadError
 from common.payload import read_payload_file, write_payload_file
+from researcher.round_params import read_params_file
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -46,8 +50,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever the layout of `state.json` changes incompatibly.
-CHECKPOINT_FORMAT = 1
+#: Bumped whenever the layout changes incompatibly (2: parameters in `params.bin`).
+CHECKPOINT_FORMAT = 2
+#: Formats this version reads.
+READABLE_FORMATS = (1, 2)
 
 #: Sub-directory of the experiment folder holding the checkpoints.
 CHECKPOINTS_DIR = "checkpoints"
@@ -58,6 +64,7 @@ DEFAULT_KEEP_CHECKPOINTS = 3
 
 STATE_FILE = "state.json"
 ARRAYS_FILE = "arrays.bin"
+PARAMS_FILE = "params.bin"
 PLAN_FILE = "training_plan.py"
 
 _ROUND_DIR = re.compile(r"^round-(\d{6,})$")
@@ -67,13 +74,19 @@ _TRASH_PREFIX = ".old-"
 
 @dataclass
 class Checkpoint:
-    """The saved state of an experiment after `round` rounds."""
+    """The saved state of an experiment after `round` rounds.
+
+    `params` are the global parameters when they live in their own file: `params_file`
+    (a round file, linked on write) or the checkpoint's `params.bin` (views, on read).
+    """
 
     round: int
     state: dict[str, Any]
     arrays: dict[str, np.ndarray]
     plan_source: str
     path: Path | None = field(default=None, compare=False)
+    params_file: Path | None = field(default=None, compare=False)
+    params: dict[str, np.ndarray] | None = field(default=None, compare=False)
 
 
 def _round_dir_name(round_number: int) -> str:
@@ -120,7 +133,11 @@ def write_checkpoint(
     (tmp / STATE_FILE).write_text(json_text, encoding="utf-8")
     write_payload_file(tmp / ARRAYS_FILE, checkpoint.arrays)
     (tmp / PLAN_FILE).write_text(checkpoint.plan_source, encoding="utf-8")
-    for name in (STATE_FILE, ARRAYS_FILE, PLAN_FILE):
+    names = [STATE_FILE, ARRAYS_FILE, PLAN_FILE]
+    if checkpoint.params_file is not None:
+        _link_or_copy(checkpoint.params_file, tmp / PARAMS_FILE)
+        names.append(PARAMS_FILE)
+    for name in names:
         _fsync_file(tmp / name)
     _fsync_dir(tmp)
     final = root / _round_dir_name(checkpoint.round)
@@ -135,6 +152,14 @@ def write_checkpoint(
     _prune(root, keep)
     log.debug("checkpoint of round %d written to %s", checkpoint.round, final)
     return final
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no second write of the parameters); a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _remove_leftovers(root: Path) -> None:
@@ -176,7 +201,7 @@ def read_checkpoint_state(path: Path) -> dict[str, Any]:
         raise ConfigurationError(
             f"checkpoint {path} is unreadable ({exc}): resume from an older one"
         ) from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         found = state.get("format") if isinstance(state, dict) else None
         raise ConfigurationError(
             f"checkpoint {path} has format {found!r}, this fedloom reads format "
@@ -203,11 +228,25 @@ def read_checkpoint(path: Path) -> Checkpoint:
         raise ConfigurationError(f"checkpoint {path} has unreadable arrays ({exc})") from exc
     # Copies, so the arrays outlive the checkpoint directory (pruned after later rounds).
     arrays = {name: np.array(value) for name, value in payload.arrays().items()}
+    params = None
+    if (path / PARAMS_FILE).is_file():
+        try:
+            # Views over the mapping, which outlives the directory: no model-sized copy.
+            params = read_params_file(path / PARAMS_FILE)
+        except (OSError, PayloadError) as exc:
+            raise ConfigurationError(
+                f"checkpoint {path} has unreadable parameters ({exc})"
+            ) from exc
     plan_source = (path / PLAN_FILE).read_text(encoding="utf-8")
     state.pop("format")
     round_number = int(state.pop("round"))
     return Checkpoint(
-        round=round_number, state=state, arrays=arrays, plan_source=plan_source, path=path
+        round=round_number,
+        state=state,
+        arrays=arrays,
+        plan_source=plan_source,
+        path=path,
+        params=params,
     )
 
 

@@ -24,10 +24,10 @@ from common.secagg import SecureAggregation
 from common.training_args import TrainingArgs
 from common.training_plans.base import BaseTrainingPlan
 from researcher.aggregators import Aggregator, FedAverage, aggregator_from_state
-from researcher.checkpoint import DEFAULT_KEEP_CHECKPOINTS, PLAN_FILE, Checkpoint, split_arrays
+from researcher.checkpoint import DEFAULT_KEEP_CHECKPOINTS, Checkpoint, split_arrays
 from researcher.history import RoundRecord
 from researcher.optimization import ResearcherOptimizer
-from researcher.plan_loader import load_plan_class
+from researcher.plan_probe import PlanDetails, PlanFile, plan_file_for_source
 from researcher.rounds.round import PlanInfo
 from researcher.strategies import DefaultStrategy, Strategy, strategy_from_state
 
@@ -48,8 +48,12 @@ class ExperimentState:
     experiment_id: str
     tags: list[str] = field(default_factory=list)
     nodes: list[str] | None = None
+    # The plan: a class imported in this process, or a file probed in a child process
+    # (researcher/plan_probe.py) so that this process never imports torch.
     plan_class: type[BaseTrainingPlan] | None = None
+    plan_file: PlanFile | None = None
     plan: PlanInfo | None = None
+    plan_details: PlanDetails | None = None
     training_args: TrainingArgs = field(default_factory=TrainingArgs)
     model_args: dict[str, Any] = field(default_factory=dict)
     round_limit: int | None = None
@@ -62,6 +66,8 @@ class ExperimentState:
     # Progress.
     round: int = 0
     global_params: dict[str, np.ndarray] | None = None
+    #: The file holding exactly `global_params` (the round's), linked into checkpoints.
+    global_params_file: Path | None = None
     history: list[RoundRecord] = field(default_factory=list)
 
     def set_agg_optimizer(self, optimizer: Optimizer | None) -> None:
@@ -73,9 +79,9 @@ class ExperimentState:
         """The whole state as a Checkpoint (JSON-able part, arrays, plan source)."""
         if self.global_params is None or self.plan is None:
             raise ConfigurationError("nothing to checkpoint yet: set a training plan first")
-        arrays: dict[str, np.ndarray] = {
-            f"{PARAM_PREFIX}/{name}": value for name, value in self.global_params.items()
-        }
+        arrays: dict[str, np.ndarray] = {}
+        if self.global_params_file is None:
+            arrays = {f"{PARAM_PREFIX}/{name}": v for name, v in self.global_params.items()}
         optimizer_state = None
         if self.researcher_optimizer is not None and self.agg_optimizer is not None:
             meta, optim_arrays = self.researcher_optimizer.get_state()
@@ -98,7 +104,11 @@ class ExperimentState:
             "saved_at": time.time(),
         }
         return Checkpoint(
-            round=self.round, state=state, arrays=arrays, plan_source=self.plan.source
+            round=self.round,
+            state=state,
+            arrays=arrays,
+            plan_source=self.plan.source,
+            params_file=self.global_params_file,
         )
 
     # -- from disk ----------------------------------------------------------------------------
@@ -108,15 +118,16 @@ class ExperimentState:
         saved = checkpoint.state
         if checkpoint.path is None:
             raise ConfigurationError("a checkpoint read from disk is needed to rebuild its plan")
-        plan_class = load_plan_class(checkpoint.path / PLAN_FILE, saved["plan"]["class_name"])
+        plan = PlanInfo(
+            saved["plan"]["class_name"], checkpoint.plan_source, saved["plan"]["sha256"]
+        )
         state = cls(
             experiment_id=str(saved["experiment_id"]),
             tags=list(saved["tags"]),
             nodes=None if saved["nodes"] is None else list(saved["nodes"]),
-            plan_class=plan_class,
-            plan=PlanInfo(
-                saved["plan"]["class_name"], checkpoint.plan_source, saved["plan"]["sha256"]
-            ),
+            # Probed, not imported: the checkpoint directory may be pruned, so from a copy.
+            plan_file=plan_file_for_source(plan.class_name, plan.source, plan.sha256),
+            plan=plan,
             training_args=TrainingArgs.from_dict(saved["training_args"]),
             model_args=dict(saved["model_args"]),
             round_limit=saved["round_limit"],
@@ -149,7 +160,12 @@ class ExperimentState:
         self.round = checkpoint.round
         if self.round_limit is not None and self.round_limit < self.round:
             self.round_limit = self.round
-        self.global_params = split_arrays(checkpoint.arrays, PARAM_PREFIX)
+        self.global_params = (
+            checkpoint.params
+            if checkpoint.params is not None
+            else split_arrays(checkpoint.arrays, PARAM_PREFIX)
+        )
+        self.global_params_file = None
         if self.researcher_optimizer is not None:
             saved_optimizer = saved.get("agg_optimizer")
             if saved_optimizer is None:

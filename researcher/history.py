@@ -8,6 +8,7 @@ failure (`round`, `node`, `failed`). TensorBoard event files are written alongsi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -191,6 +192,9 @@ class TensorBoardLog:
         Steps from `first_round` on are purged, so a resumed run replaces replayed rounds.
         """
         try:
+            # Checked first: torch's writer imports torch even when tensorboard is absent.
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ImportError("tensorboard")
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             log.debug("tensorboard is not installed: no event files (pip install tensorboard)")

@@ -8,23 +8,54 @@ from typing import Any
 
 import numpy as np
 
-from common.payload import read_payload_file, write_payload_file
+from common.payload import (
+    UNSPECIFIED,
+    EncodedPayload,
+    read_payload_file,
+    write_payload_file,
+    write_sections_file,
+)
+from common.proto import fedloom_pb2 as pb
 
-__all__ = ["AggregatedParams", "NodeParams", "NodeParamsStore"]
+__all__ = ["AggregatedParams", "NodeParams", "NodeParamsStore", "RoundFile", "read_params_file"]
+
+
+class RoundFile:
+    """One round's global parameters on disk, memory-mapped: what the next round publishes.
+
+    The file is laid out as the global payload's parameters section, so the next round
+    serves it to the nodes as is (`payload`) and the checkpoint links it instead of writing
+    the parameters again; `params` are read-only views over the same mapping.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.payload: EncodedPayload = read_payload_file(path)
+        self.params: dict[str, np.ndarray] = _params_of(self.payload)
+
+
+def _params_of(payload: EncodedPayload) -> dict[str, np.ndarray]:
+    sections = payload.sections()
+    return dict(sections.get(pb.PAYLOAD_SECTION_PARAMS, sections.get(UNSPECIFIED, {})))
+
+
+def read_params_file(path: Path) -> dict[str, np.ndarray]:
+    """Parameters from a round file (or an older single-purpose payload file), as views."""
+    return _params_of(read_payload_file(path))
 
 
 class AggregatedParams(Mapping[int, dict[str, Any]]):
     """round -> {"params": {name: array}, "params_path": file}, as Fed-BioMed's aggregated_params().
 
     Each round's parameters are written once to `folder/round_NNNNNN.bin` (fedloom's payload
-    format, no pickle); only the latest round stays in memory, older ones are read back
-    (memory-mapped) when asked for.
+    format, parameters section, no pickle), which the checkpoint links and the next round
+    publishes; every round is read back memory-mapped when asked for.
     """
 
     def __init__(self, folder: Callable[[], Path]) -> None:
         self._folder = folder
         self._paths: dict[int, Path] = {}
-        self._latest: tuple[int, dict[str, np.ndarray]] | None = None
+        self._latest: tuple[int, RoundFile] | None = None
 
     def restore(self, up_to: int, latest: Mapping[str, np.ndarray] | None) -> None:
         """After loading a checkpoint of round `up_to`: find the rounds already on disk."""
@@ -35,25 +66,31 @@ class AggregatedParams(Mapping[int, dict[str, Any]]):
                 rnd = int(path.stem.split("_")[1])
                 if rnd <= up_to:
                     self._paths[rnd] = path
-        self._latest = (up_to, dict(latest)) if latest is not None and up_to else None
-        if self._latest is not None and up_to not in self._paths:
-            self.record(up_to, self._latest[1])
+        self._latest = None
+        if latest is not None and up_to:
+            # Rewritten from the checkpoint: the file on disk may come from a dropped run.
+            self.record(up_to, latest)
 
-    def record(self, round_number: int, params: Mapping[str, np.ndarray]) -> None:
-        """Store the parameters after `round_number` (replacing a replayed round's)."""
+    def record(self, round_number: int, params: Mapping[str, np.ndarray]) -> RoundFile:
+        """Write the parameters after `round_number` once (replacing a replayed round's)."""
         folder = self._folder()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"round_{round_number:06d}.bin"
-        write_payload_file(path, params)
+        write_sections_file(path, {pb.PAYLOAD_SECTION_PARAMS: params})
         self._paths[round_number] = path
-        self._latest = (round_number, dict(params))
+        self._latest = (round_number, RoundFile(path))
+        return self._latest[1]
+
+    def latest(self) -> RoundFile | None:
+        """The last recorded round's file, mapped."""
+        return None if self._latest is None else self._latest[1]
 
     def __getitem__(self, round_number: int) -> dict[str, Any]:
         path = self._paths[round_number]
         if self._latest is not None and self._latest[0] == round_number:
-            params = self._latest[1]
+            params = self._latest[1].params
         else:
-            params = read_payload_file(path).arrays()
+            params = read_params_file(path)
         return {"params": params, "params_path": str(path)}
 
     def __iter__(self) -> Iterator[int]:

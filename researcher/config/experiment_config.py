@@ -55,7 +55,7 @@ from researcher.config.blocks import (
     expect_table,
 )
 from researcher.federated_workflows import Experiment
-from researcher.plan_loader import load_plan_class
+from researcher.plan_probe import PlanFile
 from researcher.run_options import RunOptions
 
 __all__ = ["ExperimentConfig", "load_experiment_config"]
@@ -147,11 +147,11 @@ class ExperimentConfig:
     def build_experiment(self, folder: Path, run_options: RunOptions | None = None) -> Experiment:
         """The configured Experiment, writing into `folder`."""
         where = str(self.source)
-        plan_class = load_plan_class(self.plan.file, self.plan.class_name)
-        return Experiment(
+        exp = Experiment(
             tags=self.tags,
             nodes=self.nodes,
-            training_plan_class=plan_class,
+            # Probed in a child process: the researcher never imports the plan (nor torch).
+            training_plan=PlanFile(self.plan.file, self.plan.class_name),
             training_args=self.training_args,
             model_args=self.model_args,
             round_limit=self.rounds,
@@ -168,6 +168,8 @@ class ExperimentConfig:
             keep_checkpoints=self.keep_checkpoints,
             run_options=run_options,
         )
+        exp.check_training_plan()  # a wrong file or class fails now, naming the file
+        return exp
 
 
 def _checked_tags(tags: list[str], where: str) -> list[str]:

@@ -37,6 +37,8 @@ from researcher.experiment_state import ExperimentState
 from researcher.federated_workflows.interrupts import deferred_interrupts
 from researcher.history import METRICS_FILE, MetricsLog, RoundRecord, TensorBoardLog
 from researcher.optimization import check_optimizer_pairing
+from researcher.plan_loader import load_plan_class
+from researcher.plan_probe import PlanDetails, PlanFile, probe_plan
 from researcher.progress import ProgressReporter, make_progress
 from researcher.round_params import AggregatedParams, NodeParamsStore
 from researcher.rounds import GrpcExchange, PlanInfo, RoundSetup, run_round
@@ -77,6 +79,7 @@ class Experiment:
         nodes: Sequence[str] | None = None,
         training_data: None = None,
         training_plan_class: type[BaseTrainingPlan] | None = None,
+        training_plan: PlanFile | None = None,
         training_args: Mapping[str, Any] | TrainingArgs | None = None,
         model_args: Mapping[str, Any] | None = None,
         round_limit: int | None = None,
@@ -97,6 +100,7 @@ class Experiment:
         experiment_id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self._state = ExperimentState(experiment_id=experiment_id)
         self._plan: BaseTrainingPlan | None = None
+        self._loaded_class: type[BaseTrainingPlan] | None = None
         self._folder = Path()
         self._folder_is_default = True
         self._node_wait_timeout = float(node_wait_timeout)
@@ -118,8 +122,14 @@ class Experiment:
         self.set_training_data(training_data, from_tags=True)
         self.set_training_args(training_args)
         self.set_model_args(model_args)
+        if training_plan_class is not None and training_plan is not None:
+            raise ConfigurationError(
+                "give either training_plan_class (a class) or training_plan (a PlanFile), not both"
+            )
         if training_plan_class is not None:
             self.set_training_plan_class(training_plan_class)
+        if training_plan is not None:
+            self.set_training_plan(training_plan)
         self.set_round_limit(round_limit)
         self.set_aggregator(aggregator)
         self.set_strategy(node_selection_strategy)
@@ -179,9 +189,32 @@ class Experiment:
             )
         source = plan_source(training_plan_class)
         self._state.plan_class = training_plan_class
+        self._state.plan_file = None
         self._state.plan = PlanInfo(training_plan_class.__name__, source, plan_hash(source))
-        self._plan = None
+        self._forget_plan()
         return training_plan_class
+
+    def set_training_plan(self, training_plan: PlanFile) -> PlanFile:
+        """The plan as a file and class name: `PlanFile("plan.py", "MyPlan")`.
+
+        The file is never imported in this process: a short-lived child process builds the
+        plan and hands back its initial parameters, source and optimizer settings
+        (researcher/plan_probe.py), so a researcher that only aggregates never loads torch.
+        `training_plan()` and `training_plan_class()` still work, importing the plan (and
+        torch) on first call.
+        """
+        if not isinstance(training_plan, PlanFile):
+            raise ConfigurationError(
+                f"training_plan must be a PlanFile(path, class_name), got {training_plan!r}; "
+                "give a class with training_plan_class=..."
+            )
+        if not training_plan.path.is_file():
+            raise ConfigurationError(f"training plan file {training_plan.path} does not exist")
+        self._state.plan_class = None
+        self._state.plan_file = training_plan
+        self._state.plan = None
+        self._forget_plan()
+        return training_plan
 
     def set_training_args(
         self, training_args: Mapping[str, Any] | TrainingArgs | None, reset: bool = True
@@ -198,7 +231,7 @@ class Experiment:
             )
             training_args = {**self._state.training_args.to_dict(), **updates}
         self._state.training_args = TrainingArgs.from_dict(training_args)
-        self._plan = None
+        self._forget_plan()
         return self._state.training_args.to_dict()
 
     def set_test_ratio(self, ratio: float) -> float:
@@ -226,7 +259,7 @@ class Experiment:
                 f"model_args must be JSON-serialisable (numbers, strings, lists): {exc}"
             ) from exc
         self._state.model_args = values
-        self._plan = None
+        self._forget_plan()
         return dict(values)
 
     def set_round_limit(self, round_limit: int | None) -> int | None:
@@ -322,7 +355,17 @@ class Experiment:
         return self._state.round_limit
 
     def training_plan_class(self) -> type[BaseTrainingPlan] | None:
-        return self._state.plan_class
+        """The plan class; for a plan given as a file, imported here on first call (torch too)."""
+        if self._state.plan_class is not None:
+            return self._state.plan_class
+        if self._loaded_class is None and self._state.plan_file is not None:
+            plan_file = self._state.plan_file
+            self._loaded_class = load_plan_class(plan_file.path, plan_file.class_name)
+        return self._loaded_class
+
+    def training_plan_file(self) -> PlanFile | None:
+        """The plan's file when it was given as one (or restored from a checkpoint)."""
+        return self._state.plan_file
 
     def training_args(self) -> dict[str, Any]:
         return self._state.training_args.to_dict()
@@ -365,8 +408,17 @@ class Experiment:
         return list(self._state.history)
 
     def training_plan(self) -> BaseTrainingPlan:
-        """The plan instance, its model holding the latest global parameters."""
+        """The plan instance, its model holding the latest global parameters.
+
+        For a plan given as a file (`PlanFile`, TOML experiments, `load_breakpoint`) the
+        instance is built on first call, which imports the plan's framework (torch) into
+        this process; running rounds never needs it.
+        """
         return self._ensure_plan()
+
+    def check_training_plan(self) -> None:
+        """Build the plan now (probing a plan file) so a broken plan fails here, not in `run()`."""
+        self._describe()
 
     # -- running ----------------------------------------------------------------------------
     def run(self, rounds: int | None = None, increase: bool = False) -> int:
@@ -471,6 +523,12 @@ class Experiment:
         round_number = self._state.round + 1
         assert self._state.global_params is not None
         keep = None if self._node_params is None else self._node_params.writer(round_number)
+        round_file = self._aggregated.latest()
+        encoded = (
+            round_file.payload
+            if round_file is not None and round_file.path == self._state.global_params_file
+            else None
+        )
         try:
             result = run_round(
                 exchange,
@@ -480,6 +538,7 @@ class Experiment:
                 progress,
                 settle=settle,
                 keep_params=keep,
+                encoded_params=encoded,
             )
         except FedloomError as exc:
             progress.round_failed(round_number, str(exc))
@@ -493,12 +552,15 @@ class Experiment:
     def _commit(self, round_number: int, result: RoundResult) -> None:
         """Adopt the round's result, append its metrics and checkpoint it (signals held)."""
         state = self._state
-        state.global_params = result.params
+        # Written once; from here on the global model is the mapped file (no heap copy),
+        # which the checkpoint links and the next round publishes as is.
+        round_file = self._aggregated.record(round_number, result.params)
+        state.global_params = round_file.params
+        state.global_params_file = round_file.path
         state.round = round_number
         state.history.append(result.record)
         if self._plan is not None:
-            self._plan.set_parameters(result.params)
-        self._aggregated.record(round_number, result.params)
+            self._plan.set_parameters(round_file.params)
         self._replies[round_number] = {
             node_id: self._reply_summary(round_number, node_id, reply)
             for node_id, reply in result.replies.items()
@@ -521,7 +583,7 @@ class Experiment:
     # -- checkpoints ------------------------------------------------------------------------
     def breakpoint(self) -> Path:
         """Checkpoint the current state now (run() also does after every round); returns its directory."""
-        self._ensure_plan()
+        self._describe()
         if self._checkpointed_round is None:
             self._check_folder_is_ours()
         path = write_checkpoint(
@@ -566,6 +628,8 @@ class Experiment:
         source = Path(folder) if folder is not None else self.experimentation_folder()
         checkpoint = read_checkpoint(source)
         assert checkpoint.path is not None
+        if self._state.plan is None and self._state.plan_file is not None:
+            self._describe()  # a plan file's name and hash come from its probe
         self._folder = checkpoint.path.parent.parent
         self._state.adopt_progress(checkpoint)
         self._after_restore()
@@ -574,9 +638,13 @@ class Experiment:
     def _after_restore(self) -> None:
         state = self._state
         self._plan = None
-        self._ensure_plan()
+        self._describe()
         self._replies = {record.round: _replies_from_record(record) for record in state.history}
         self._aggregated.restore(state.round, state.global_params)
+        round_file = self._aggregated.latest()
+        if round_file is not None:
+            state.global_params = round_file.params
+            state.global_params_file = round_file.path
         self._checkpointed_round = state.round
         self._resume_pending = False
         MetricsLog(self.experimentation_folder() / METRICS_FILE).truncate_after(state.round)
@@ -611,13 +679,52 @@ class Experiment:
             )
 
     # -- internals ----------------------------------------------------------------------------
+    def _forget_plan(self) -> None:
+        """The plan's settings changed: its instance and details are rebuilt when next needed."""
+        self._plan = None
+        self._loaded_class = None
+        self._state.plan_details = None
+
+    def _describe(self) -> PlanDetails:
+        """The plan's details and initial parameters, without importing a plan file here.
+
+        A plan class is instantiated in this process (the script imported it anyway); a
+        plan file is probed in a child process (researcher/plan_probe.py).
+        """
+        state = self._state
+        if state.plan_details is not None and state.global_params is not None:
+            return state.plan_details
+        if state.plan_class is not None:
+            plan = self._ensure_plan()
+            details = PlanDetails(
+                tuple(plan.trainable_parameter_names()),
+                plan.optimizer_spec(),
+                plan.uses_native_optimizer(),
+            )
+        elif state.plan_file is not None:
+            probed = probe_plan(state.plan_file, state.model_args, state.training_args.to_dict())
+            if state.plan is None:
+                state.plan = PlanInfo(probed.class_name, probed.source, probed.sha256)
+            if state.global_params is None:
+                state.global_params = probed.params
+            details = probed.details
+        else:
+            raise ConfigurationError(
+                "no training plan: call set_training_plan_class(MyPlan) or "
+                "set_training_plan(PlanFile('plan.py', 'MyPlan')) first"
+            )
+        state.plan_details = details
+        return details
+
     def _ensure_plan(self) -> BaseTrainingPlan:
         if self._plan is None:
-            if self._state.plan_class is None:
+            plan_class = self.training_plan_class()
+            if plan_class is None:
                 raise ConfigurationError(
-                    "no training plan: call set_training_plan_class(MyPlan) first"
+                    "no training plan: call set_training_plan_class(MyPlan) or "
+                    "set_training_plan(PlanFile('plan.py', 'MyPlan')) first"
                 )
-            plan = self._state.plan_class()
+            plan = plan_class()
             plan.post_init(self._state.model_args, self._state.training_args)
             self._plan = plan
             if self._state.global_params is None:
@@ -628,11 +735,11 @@ class Experiment:
 
     def _round_setup(self) -> RoundSetup:
         """Check the configuration once per run and freeze what every round needs."""
-        plan = self._ensure_plan()
+        details = self._describe()
         state = self._state
         # Also without an agg_optimizer: aux-var modules in the plan need their counterpart.
         check_optimizer_pairing(
-            state.agg_optimizer, plan.optimizer_spec(), plan.uses_native_optimizer()
+            state.agg_optimizer, details.optimizer_spec, details.native_optimizer
         )
         assert state.plan is not None
         return RoundSetup(
@@ -647,7 +754,7 @@ class Experiment:
             strategy=state.strategy,
             optimizer=state.researcher_optimizer,
             secagg=state.secagg,
-            trainable=frozenset(plan.trainable_parameter_names()),
+            trainable=frozenset(details.trainable),
         )
 
     def _save_final(self) -> None:

@@ -107,8 +107,14 @@ def run_round(
     *,
     settle: bool = False,
     keep_params: ParamsSink | None = None,
+    encoded_params: EncodedPayload | None = None,
 ) -> RoundResult:
-    """Run round `round_number` from `global_params`; raise RoundFailedError if it cannot finish."""
+    """Run round `round_number` from `global_params`; raise RoundFailedError if it cannot finish.
+
+    `encoded_params`, when given, is `global_params` already laid out as the payload's
+    parameters section (the previous round's file, memory-mapped): it is published as is
+    whenever no aux var travels with it, instead of being copied into a fresh buffer.
+    """
     strategy = setup.strategy
     eligible = strategy.wait_for_nodes(
         exchange,
@@ -167,7 +173,7 @@ def run_round(
         )
         listener.node_answered(round_number, reply.node_id, reply.mean_loss, reply.n_samples)
 
-    payload, aux_message = _global_payload(setup, global_params, sorted(chosen))
+    payload, aux_message = _global_payload(setup, global_params, sorted(chosen), encoded_params)
     payload_id = exchange.publish(payload, sorted(chosen))
     del payload  # the exchange holds it while nodes download
     try:
@@ -213,7 +219,10 @@ def _aggregation(
 
 
 def _global_payload(
-    setup: RoundSetup, global_params: Mapping[str, np.ndarray], node_ids: Sequence[str]
+    setup: RoundSetup,
+    global_params: Mapping[str, np.ndarray],
+    node_ids: Sequence[str],
+    encoded_params: EncodedPayload | None,
 ) -> tuple[EncodedPayload, pb.AuxVars]:
     """The payload every selected node downloads (encoded once), and the aux-var message."""
     message = pb.AuxVars()
@@ -222,6 +231,8 @@ def _global_payload(
         aux = setup.optimizer.collect_aux_var_for(node_ids)
         if aux:
             message, aux_arrays = encode_aux_vars(aux)
+    if encoded_params is not None and not aux_arrays:
+        return encoded_params, message
     payload = encode_sections(
         {pb.PAYLOAD_SECTION_PARAMS: global_params, pb.PAYLOAD_SECTION_AUX: aux_arrays}
     )
