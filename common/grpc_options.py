@@ -31,10 +31,15 @@ def channel_options() -> list[tuple[str, int]]:
     ]
 
 
-def server_options() -> list[tuple[str, int]]:
+def server_options(max_streams_per_connection: int = 100) -> list[tuple[str, int]]:
     """Options of the researcher's server."""
     return [
         *_COMMON,
+        # HTTP/2 streams one connection may open at once (see researcher/server_limits.py).
+        ("grpc.max_concurrent_streams", max_streams_per_connection),
+        # A connection that has not finished its (TLS) handshake within 10 s is dropped: an
+        # honest node completes it in milliseconds, a silent socket would hold it 120 s.
+        ("grpc.server_handshake_timeout_ms", 10_000),
         # Accept the nodes' keepalive pings (every 20 s) without treating them as abuse.
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),

@@ -1,8 +1,10 @@
 """Tensor payloads: named numpy arrays as one manifest plus one raw little-endian buffer.
 
 A payload is encoded once into a contiguous buffer (in memory or in a file), streamed as
-bounded `PayloadChunk`s, and reassembled by `PayloadAssembler` into a buffer preallocated
-from the manifest. Decoding yields numpy views over that buffer: no pickle, no copies.
+bounded `PayloadChunk`s, and reassembled by `PayloadAssembler`: in memory, into a buffer
+that grows with the data received (a manifest alone commits no memory); on disk, into a
+sparse file sized from the manifest. Decoding yields numpy views over that buffer: no
+pickle, no copies.
 
 Each array belongs to a section of the manifest (`pb.PayloadSection`: parameters, aux-var
 arrays, SecAgg-masked sums); names are unique within a section. A single-purpose payload
@@ -214,7 +216,9 @@ def iter_chunks(
 
 
 class PayloadAssembler:
-    """Reassemble chunks into one preallocated buffer (memory, or a file when `path` is set)."""
+    """Reassemble chunks into one buffer: in memory, grown chunk by chunk (memory follows the
+    bytes actually received, never the size a manifest claims); or a sparse file when `path`
+    is set."""
 
     def __init__(self, *, path: Path | None = None, limit: int | None = None) -> None:
         self._path = path
@@ -246,7 +250,10 @@ class PayloadAssembler:
                 f"payload {self.payload_id!r} overflows its manifest "
                 f"({end} > {self.manifest.total_bytes} bytes)"
             )
-        self._buffer[chunk.offset : end] = chunk.data
+        if self._path is None:
+            self._buffer += chunk.data  # chunks arrive in order (checked above): append
+        else:
+            self._buffer[chunk.offset : end] = chunk.data
         self.received = end
 
     def _start(self, chunk: pb.PayloadChunk) -> None:
@@ -268,7 +275,7 @@ class PayloadAssembler:
         self.manifest = chunk.manifest
         self.payload_id = chunk.payload_id
         if self._path is None:
-            self._buffer = bytearray(total)
+            self._buffer = bytearray()
         else:
             self._file = open(self._path, "w+b")
             _write_header(self._file, chunk.manifest)

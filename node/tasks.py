@@ -17,6 +17,7 @@ from common.plan_hash import plan_hash
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 from common.secagg.advert import NodeIdentity
+from common.task_uploads import upload_payload_id
 from common.training_args import TrainingArgs
 from node.executor import STOPPED_KIND, TaskExecutor
 from node.home import NodeHome
@@ -24,7 +25,7 @@ from node.plans import PlanRegistry
 from node.registry import DatasetRegistry
 from node.secagg_tasks import SECAGG_TASK_KINDS, SecaggTasks, double_masking_spec
 from node.served import ServedTasks
-from node.transfer import download_payload, upload_payload
+from node.transfer import download_payload, upload_with_retry
 
 __all__ = ["TaskHandler"]
 
@@ -76,6 +77,7 @@ class TaskHandler:
         #: Called with (task id, experiment id) when a task starts and (None, None) when it ends.
         self.on_task_change: Callable[[str | None, str | None], None] = lambda task, exp: None
         self._sessions: dict[str, pb.SecaggContext] = {}
+        self._upload_deadline = 0.0
         self._served = ServedTasks(home.db_path)
 
     def handle(self, task: pb.TaskRequest) -> None:
@@ -84,6 +86,8 @@ class TaskHandler:
         self.current_experiment = task.experiment_id
         self._record_start(task)
         started = time.monotonic()
+        #: Until when a cut upload is retried and an unsent reply waits for a connection.
+        self._upload_deadline = started + self._timeout(task)
         task_dir = self.home.path / "tasks" / uuid.uuid4().hex[:12]
         task_dir.mkdir(parents=True)
         try:
@@ -106,10 +110,20 @@ class TaskHandler:
         self.current_task = None
         self.current_experiment = None
         self.on_task_change(None, None)
-        if not self._send(pb.NodeMessage(reply=reply)) and reply.error.kind != STOPPED_KIND:
+        stopped = reply.error.kind == STOPPED_KIND  # the daemon is stopping: no waiting
+        sent = self._send(pb.NodeMessage(reply=reply)) if stopped else self._send_reply(reply)
+        if not sent and not stopped:
             log.warning(
                 "task %s finished but the researcher is not connected; reply dropped", task.task_id
             )
+
+    def _send_reply(self, reply: pb.TaskReply) -> bool:
+        """Send the reply, waiting (until the upload deadline) for a link that is reconnecting."""
+        while not self._send(pb.NodeMessage(reply=reply)):
+            if time.monotonic() + 0.2 > self._upload_deadline:
+                return False
+            time.sleep(0.2)
+        return True
 
     def _record_start(self, task: pb.TaskRequest) -> None:
         kind = task.WhichOneof("kind") or ""
@@ -213,8 +227,14 @@ class TaskHandler:
             else:
                 log.error("training failed: %s: %s", reply.error.kind, reply.error.message)
             return reply
-        payload_id = f"reply-{task.task_id}"
-        upload_payload(stub, self.home.node_id, payload_id, Path(worker_task.reply_payload_path))
+        payload_id = upload_payload_id(task)
+        upload_with_retry(
+            self._stub,
+            self.home.node_id,
+            payload_id,
+            Path(worker_task.reply_payload_path),
+            self._upload_deadline,
+        )
         return pb.TaskReply(
             task_id=task.task_id,
             experiment_id=task.experiment_id,
@@ -262,8 +282,8 @@ class TaskHandler:
         stub = self._stub()
         if stub is None:
             raise TaskRefused("Disconnected", "lost the researcher before sending the correction")
-        payload_id = f"correction-{task.task_id}"
-        upload_payload(stub, self.home.node_id, payload_id, path)
+        payload_id = upload_payload_id(task)
+        upload_with_retry(self._stub, self.home.node_id, payload_id, path, self._upload_deadline)
         log.info(
             "sent SecAgg dropout corrections for %d payload(s), dropped %s",
             len(arrays),

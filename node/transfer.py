@@ -1,7 +1,15 @@
-"""Payload transfer for the node: download into a file-backed buffer, upload from a file."""
+"""Payload transfer for the node: download into a file-backed buffer, upload from a file.
+
+An upload cut by a dropped link is sent again, whole, on whatever connection the daemon has
+re-established, with capped backoff, until the task's deadline: the researcher accepts the
+retry while the task is still pending.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -11,7 +19,28 @@ from common.payload import EncodedPayload, PayloadAssembler, iter_chunks, read_p
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 
-__all__ = ["download_payload", "upload_payload"]
+__all__ = ["RETRYABLE_UPLOAD_CODES", "download_payload", "upload_payload", "upload_with_retry"]
+
+log = logging.getLogger(__name__)
+
+#: Statuses after which the same upload may succeed later: the link or the researcher was
+#: down (UNAVAILABLE, CANCELLED when the daemon closed the channel of a dropped session,
+#: UNKNOWN/INTERNAL for a stream reset mid-transfer), or the researcher was busy.
+RETRYABLE_UPLOAD_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+
+#: First wait before retrying an upload, its growth factor and its cap (seconds).
+UPLOAD_RETRY_INITIAL_DELAY = 0.5
+UPLOAD_RETRY_BACKOFF = 2.0
+UPLOAD_RETRY_MAX_DELAY = 5.0
 
 
 def download_payload(
@@ -42,3 +71,45 @@ def upload_payload(stub: pb_grpc.FederationStub, node_id: str, payload_id: str, 
             f"researcher acknowledged {ack.received_bytes} of {payload.nbytes} bytes"
         )
     return int(ack.received_bytes)
+
+
+def upload_with_retry(
+    stub: Callable[[], pb_grpc.FederationStub | None],
+    node_id: str,
+    payload_id: str,
+    path: Path,
+    deadline: float,
+) -> int:
+    """`upload_payload` on the current connection (`stub()`), again after each retryable
+    failure, until it succeeds or `deadline` (time.monotonic()) passes; then the last error."""
+    delay = UPLOAD_RETRY_INITIAL_DELAY
+    attempt = 1
+    while True:
+        current = stub()
+        try:
+            if current is None:
+                raise _NoConnection()
+            return upload_payload(current, node_id, payload_id, path)
+        except (grpc.RpcError, ValueError, _NoConnection) as exc:
+            # ValueError: the channel of a session that ended was closed under us.
+            code = exc.code() if isinstance(exc, grpc.RpcError) and hasattr(exc, "code") else None
+            retryable = code is None or code in RETRYABLE_UPLOAD_CODES
+            if not retryable or time.monotonic() + delay > deadline:
+                raise
+            log.warning(
+                "upload of %s failed (attempt %d: %s); retrying in %.1f s",
+                payload_id,
+                attempt,
+                code.name if code else exc,
+                delay,
+            )
+        time.sleep(delay)
+        delay = min(delay * UPLOAD_RETRY_BACKOFF, UPLOAD_RETRY_MAX_DELAY)
+        attempt += 1
+
+
+class _NoConnection(Exception):
+    """No connection to the researcher at the moment (the daemon is reconnecting)."""
+
+    def __str__(self) -> str:
+        return "not connected to the researcher"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from common.constants import HEARTBEAT_TIMEOUT
 from common.proto import fedloom_pb2 as pb
 
-__all__ = ["ConnectedNode", "DatasetSummary", "NodeDirectory", "NodeEvent"]
+__all__ = ["ConnectedNode", "DatasetSummary", "NodeDirectory", "NodeEvent", "Outbox"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,38 @@ class DatasetSummary:
         return set(tags) <= set(self.tags)
 
 
+class Outbox:
+    """Messages to one node: put from any thread, awaited by its stream on the server's loop.
+
+    Created on the server's event loop (where nodes register); `put` hands the message to
+    that loop thread-safely, so a round running in another thread never touches the queue.
+    A put after the server stopped is dropped: there is no stream left to carry it.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[pb.ResearcherMessage | None] = asyncio.Queue()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # built outside a server (tests of the directory alone)
+            self._loop = None
+
+    def put(self, message: pb.ResearcherMessage | None) -> None:
+        if self._loop is None:
+            self._queue.put_nowait(message)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, message)
+        except RuntimeError:  # loop closed: the server is gone
+            pass
+
+    async def get(self) -> pb.ResearcherMessage | None:
+        return await self._queue.get()
+
+    def get_nowait(self) -> pb.ResearcherMessage | None:
+        """The next queued message (asyncio.QueueEmpty when none); for tests."""
+        return self._queue.get_nowait()
+
+
 @dataclass
 class ConnectedNode:
     """One node's live connection: identity, datasets, liveness and outgoing queue."""
@@ -50,7 +82,7 @@ class ConnectedNode:
     connected_at: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     state: str = "idle"
-    outbox: queue.Queue[pb.ResearcherMessage | None] = field(default_factory=queue.Queue)
+    outbox: Outbox = field(default_factory=Outbox)
     alive: bool = True
     known_plans: set[str] = field(default_factory=set)
 

@@ -1,13 +1,21 @@
-"""The researcher's gRPC server: where nodes connect, started once per researcher process."""
+"""The researcher's gRPC server: where nodes connect, started once per researcher process.
+
+It runs grpc.aio on an event loop of its own thread, so idle and slow streams cost no worker
+thread; the round engine keeps using the synchronous `directory` and `payloads`, which are
+thread-safe and hand messages to the loop (see researcher/node_directory.Outbox).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import grpc
+import grpc.aio
 
 from common.errors import ConfigurationError
 from common.grpc_options import server_options
@@ -15,15 +23,14 @@ from common.proto import fedloom_pb2_grpc as pb_grpc
 from researcher.node_directory import NodeDirectory
 from researcher.payload_store import PayloadStore
 from researcher.run_options import RunOptions, default_run_options
+from researcher.server_limits import ServerLimits
 from researcher.servicer import FederationServicer, NodeAuthenticator, allow_any_node
 
 __all__ = ["ResearcherServer", "get_server", "shutdown_server"]
 
 log = logging.getLogger(__name__)
 
-#: Worker threads: each connected node permanently holds one for its control stream and
-#: one for its reader, plus one per concurrent download/upload. 256 serves ~100 nodes.
-MAX_WORKERS = 256
+_T = TypeVar("_T")
 
 
 class ResearcherServer:
@@ -35,40 +42,61 @@ class ResearcherServer:
         *,
         credentials: grpc.ServerCredentials | None = None,
         authenticate: NodeAuthenticator = allow_any_node,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.address = address
         self.researcher_id = f"researcher-{uuid.uuid4().hex[:12]}"
+        self.limits = limits or ServerLimits()
         self.directory = NodeDirectory()
-        self.payloads = PayloadStore()
-        self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="grpc"),
-            options=server_options(),
+        self.payloads = PayloadStore(self.limits.max_upload_bytes_in_flight)
+        self.servicer = FederationServicer(
+            self.directory, self.payloads, self.researcher_id, authenticate, self.limits
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="grpc-server-loop", daemon=True
+        )
+        self._thread.start()
+        self._started = False
+        try:
+            self._server, self.port = self._on_loop(self._bind(credentials))
+        except BaseException:
+            self._close_loop()
+            raise
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _bind(
+        self, credentials: grpc.ServerCredentials | None
+    ) -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(
+            options=server_options(self.limits.max_streams_per_connection),
             maximum_concurrent_rpcs=None,
         )
-        servicer = FederationServicer(
-            self.directory, self.payloads, self.researcher_id, authenticate
-        )
-        pb_grpc.add_FederationServicer_to_server(servicer, self._server)
+        pb_grpc.add_FederationServicer_to_server(self.servicer, server)
+        address = self.address
         try:
             if credentials is None:
-                self.port = self._server.add_insecure_port(address)
+                port = server.add_insecure_port(address)
             else:
-                self.port = self._server.add_secure_port(address, credentials)
+                port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise OSError(
                 f"cannot listen on {address}: {exc}; is another researcher using this port? "
                 "Pass --address HOST:PORT with a free port"
             ) from exc
-        if self.port == 0:
+        if port == 0:
             raise OSError(
                 f"cannot listen on {address}: the port is taken or the host is not local; "
                 "pass --address HOST:PORT with a free port"
             )
-        self._started = False
+        return server, port
 
     def start(self) -> ResearcherServer:
         if not self._started:
-            self._server.start()
+            self._on_loop(self._server.start())
             self._started = True
             log.info("researcher listening on %s", self.address)
         return self
@@ -78,8 +106,16 @@ class ResearcherServer:
             self.directory.closing = True
             for node in self.directory.connected():
                 node.outbox.put(None)
-            self._server.stop(grace).wait()
+            self._on_loop(self._server.stop(grace))
             self._started = False
+        self._close_loop()
+
+    def _close_loop(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
 
 
 _server: ResearcherServer | None = None
@@ -106,10 +142,8 @@ def get_server(options: RunOptions | None = None) -> ResearcherServer:
                 credentials=options.server_credentials(),
                 authenticate=options.authenticator(),
             ).start()
-            # A script that ends without shutting the server down must still exit: at
-            # interpreter exit, ThreadPoolExecutor joins its workers, which serve the nodes'
-            # endless streams. threading's exit hooks run in reverse order of registration,
-            # so this one (registered after the executor's) stops the server first.
+            # A script that ends without shutting the server down stops it at interpreter
+            # exit, closing the nodes' streams cleanly rather than dropping them mid-write.
             threading._register_atexit(shutdown_server)  # type: ignore[attr-defined]
         return _server
 

@@ -4,6 +4,12 @@ It decides nothing. Who takes part, how long to wait and what a failure means be
 the strategy (researcher/strategies); what a reply is worth belongs to the round
 (researcher/rounds/round.py). `Exchange` is the seam a transport plugs into: `GrpcExchange`
 serves real nodes through the researcher's gRPC server.
+
+For each task it sends, `GrpcExchange` tells the server's PayloadStore which upload to accept
+(the node, the payload id derived from the task, at most `ServerLimits.expected_upload_bytes`
+of the global model it was sent), and forgets it when the task ends, so a late or orphaned
+upload is refused or freed at once. A node whose link drops mid-task keeps its task while it
+reconnects within the heartbeat timeout: its retried upload and its reply are still taken.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from common.constants import HEARTBEAT_TIMEOUT
 from common.errors import FedloomError
 from common.payload import UNSPECIFIED, EncodedPayload, Section
 from common.proto import fedloom_pb2 as pb
+from common.task_uploads import upload_payload_id
 from researcher.node_directory import ConnectedNode, DatasetSummary, NodeEvent
 from researcher.server import ResearcherServer
 
@@ -129,6 +136,10 @@ class GrpcExchange:
 
     def __init__(self, server: ResearcherServer) -> None:
         self._server = server
+        self._published_bytes: dict[str, int] = {}
+        #: Size of the last global model published: what a SecAgg correction task, which
+        #: names no payload, is measured against.
+        self._model_bytes = 0
 
     @property
     def address(self) -> str:
@@ -143,10 +154,19 @@ class GrpcExchange:
     def publish(self, payload: EncodedPayload, node_ids: Sequence[str]) -> str:
         payload_id = f"global-{uuid.uuid4().hex}"
         self._server.payloads.publish(payload_id, payload, node_ids)
+        self._published_bytes[payload_id] = self._model_bytes = payload.nbytes
         return payload_id
 
     def unpublish(self, payload_id: str) -> None:
         self._server.payloads.unpublish(payload_id)
+        self._published_bytes.pop(payload_id, None)
+
+    def _upload_limit(self, task: pb.TaskRequest) -> int:
+        """Largest upload this task may produce: from the global model it trains on."""
+        model_bytes = self._model_bytes
+        if task.WhichOneof("kind") == "train":
+            model_bytes = self._published_bytes.get(task.train.params_payload_id, model_bytes)
+        return self._server.limits.expected_upload_bytes(model_bytes)
 
     def run_tasks(
         self,
@@ -157,8 +177,11 @@ class GrpcExchange:
         started = time.monotonic()
         result = ExchangeResult()
         directory = self._server.directory
+        payloads = self._server.payloads
         events: queue.Queue[NodeEvent] = queue.Queue()
         pending: dict[str, ConnectedNode] = {}  # task_id -> node
+        uploads: dict[str, tuple[str, str]] = {}  # task_id -> (node id, expected payload id)
+        dropped: dict[str, str] = {}  # task_id -> why its node's link dropped (awaiting return)
         directory.add_listener(events.put)
         try:
             for node_id, task in tasks.items():
@@ -168,31 +191,48 @@ class GrpcExchange:
                     continue
                 task.task_id = task.task_id or uuid.uuid4().hex
                 pending[task.task_id] = node
+                uploads[task.task_id] = (node_id, upload_payload_id(task))
+                payloads.expect(node_id, upload_payload_id(task), self._upload_limit(task))
                 node.send(pb.ResearcherMessage(task=task))
             deadline = started + timeout
             while pending:
                 try:
                     event = events.get(timeout=POLL_SECONDS)
                 except queue.Empty:
-                    self._check_liveness(pending, result, deadline)
+                    self._check_liveness(pending, result, deadline, dropped, uploads)
                     continue
                 if isinstance(event.payload, pb.TaskReply):
                     self._handle_reply(event.payload, pending, result, on_reply)
+                    self._end(uploads, event.payload.task_id)
                 elif isinstance(event.payload, pb.LogRecord):
                     _relay_log(event.node, event.payload)
                 elif event.kind == "disconnected":
+                    # Not failed yet: a node whose link dropped reconnects and retries its
+                    # upload; _check_liveness fails it if it stays silent too long.
+                    for task_id, node in pending.items():
+                        if node.node_id == event.node.node_id:
+                            dropped[task_id] = str(event.payload)
+                elif event.kind == "connected":
                     for task_id, node in list(pending.items()):
                         if node.node_id == event.node.node_id:
-                            del pending[task_id]
-                            self._fail(result, node, f"disconnected ({event.payload})")
-                self._check_liveness(pending, result, deadline)
+                            pending[task_id] = event.node
+                            if dropped.pop(task_id, None) is not None:
+                                log.info("node %s is back; its task goes on", node.label)
+                self._check_liveness(pending, result, deadline, dropped, uploads)
         finally:
             directory.remove_listener(events.put)
-            for node_id in result.failures:
-                # An upload that comes after its task failed is never used: free it now.
-                self._server.payloads.drop_uploads_of(node_id)
+            for task_id in list(uploads):
+                # A task that ended without its upload taken: refuse it from now on and
+                # free whatever arrived of it.
+                self._end(uploads, task_id)
         result.seconds = time.monotonic() - started
         return result
+
+    def _end(self, uploads: dict[str, tuple[str, str]], task_id: str) -> None:
+        """The task is over: its upload is no longer accepted, and freed if it was unused."""
+        entry = uploads.pop(task_id, None)
+        if entry is not None:
+            self._server.payloads.forget(*entry)
 
     def _handle_reply(
         self,
@@ -226,12 +266,25 @@ class GrpcExchange:
         result.answered.append(node.node_id)
 
     def _check_liveness(
-        self, pending: dict[str, ConnectedNode], result: ExchangeResult, deadline: float
+        self,
+        pending: dict[str, ConnectedNode],
+        result: ExchangeResult,
+        deadline: float,
+        dropped: dict[str, str],
+        uploads: dict[str, tuple[str, str]],
     ) -> None:
         now = time.monotonic()
         for task_id, node in list(pending.items()):
             if node.silent_for() > HEARTBEAT_TIMEOUT:
-                reason = f"no heartbeat for {node.silent_for():.0f} s (node unreachable or dead)"
+                if task_id in dropped:
+                    reason = (
+                        f"disconnected ({dropped[task_id]}) and not back within "
+                        f"{HEARTBEAT_TIMEOUT:g} s"
+                    )
+                else:
+                    reason = (
+                        f"no heartbeat for {node.silent_for():.0f} s (node unreachable or dead)"
+                    )
             elif now > deadline:
                 reason = (
                     "still working when the round deadline passed (training_args['round_timeout'])"
@@ -242,6 +295,8 @@ class GrpcExchange:
             else:
                 continue
             del pending[task_id]
+            dropped.pop(task_id, None)
+            self._end(uploads, task_id)
             self._fail(result, node, reason)
 
     @staticmethod
