@@ -27,7 +27,7 @@ from researcher.plan_loader import load_plan_class
 from tests.conftest import ROOT, fedloom_cmd, write_tabular_csv
 from tests.plans.tabular import make_logistic_data
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 EXAMPLE_PLAN = ROOT / "examples" / "fedyogi_scaffold" / "plan.py"
 

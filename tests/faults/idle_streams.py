@@ -38,7 +38,13 @@ async def main(address: str, count: int) -> None:
         except grpc.aio.AioRpcError as exc:
             ended[exc.code().name] += 1
 
-    channels = [grpc.aio.insecure_channel(address) for _ in range(-(-count // PER_CHANNEL))]
+    # A local subchannel pool gives each channel its own TCP connection (by default they
+    # share one, and the server's per-connection cap of 100 streams would apply to all).
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [
+        grpc.aio.insecure_channel(address, options=options)
+        for _ in range(-(-count // PER_CHANNEL))
+    ]
     tasks = [
         asyncio.ensure_future(one(pb_grpc.FederationStub(channels[i // PER_CHANNEL])))
         for i in range(count)
