@@ -42,8 +42,7 @@ async def main(address: str, count: int) -> None:
     # share one, and the server's per-connection cap of 100 streams would apply to all).
     options = [("grpc.use_local_subchannel_pool", 1)]
     channels = [
-        grpc.aio.insecure_channel(address, options=options)
-        for _ in range(-(-count // PER_CHANNEL))
+        grpc.aio.insecure_channel(address, options=options) for _ in range(-(-count // PER_CHANNEL))
     ]
     tasks = [
         asyncio.ensure_future(one(pb_grpc.FederationStub(channels[i // PER_CHANNEL])))
