@@ -70,8 +70,7 @@ def test_streams_that_never_say_hello_are_capped_per_host_and_closed_at_the_dead
         honest.close()
     finally:
         release.set()
-    _wait(lambda: server.servicer.open_streams == 0)
-    baseline.assert_back()
+    _settled(server, baseline)
 
 
 def test_garbage_and_wrong_versions_are_refused_and_honest_nodes_still_served(
@@ -125,8 +124,7 @@ def test_garbage_and_wrong_versions_are_refused_and_honest_nodes_still_served(
     again = _welcomed(researcher_address, "honest")
     assert server.directory.get("honest") is not None
     again.close()
-    _wait(lambda: server.servicer.open_streams == 0)
-    baseline.assert_back()
+    _settled(server, baseline)
 
 
 def test_an_upload_is_accepted_only_when_expected_and_within_its_size(
@@ -170,7 +168,7 @@ def test_an_upload_is_accepted_only_when_expected_and_within_its_size(
     assert code == grpc.StatusCode.PERMISSION_DENIED
     code, details = refused("n2", payload_chunks("reply-t1", 1024))
     assert code == grpc.StatusCode.UNAVAILABLE and "no open control stream" in details
-    assert store.bytes_in_flight == 0 and store.held_uploads() == []
+    _wait(lambda: store.bytes_in_flight == 0 and store.held_uploads() == [])
 
     ack = upload(node.stub, "n1", payload_chunks("reply-t1", 1024))
     assert ack.received_bytes == 1024
@@ -224,7 +222,9 @@ def test_the_upload_budget_bounds_bytes_in_flight(make_server, researcher_addres
         upload(n2.stub, "n2", payload_chunks("reply-b", 2 << 20))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "budget 3145728" in info.value.details()
-    assert store.bytes_in_flight == 2 << 20  # the refused one's partial bytes are released
+    # The refused upload's partial bytes are released (as its handler unwinds, just after
+    # the status reached the node).
+    _wait(lambda: store.bytes_in_flight == 2 << 20)
     store.take_upload("n1", "reply-a")
     upload(n2.stub, "n2", payload_chunks("reply-b", 2 << 20))  # the retry now fits
     store.forget("n1", "reply-a")
@@ -232,6 +232,12 @@ def test_the_upload_budget_bounds_bytes_in_flight(make_server, researcher_addres
     assert store.bytes_in_flight == 0
     n1.close()
     n2.close()
+    baseline.assert_back()
+
+
+def _settled(server, baseline: Baseline) -> None:  # type: ignore[no-untyped-def]
+    """Every stream closed, and the researcher's threads and memory back to `baseline`."""
+    _wait(lambda: server.servicer.open_streams == 0)
     baseline.assert_back()
 
 
