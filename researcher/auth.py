@@ -7,19 +7,13 @@ claiming another ``node_id`` (in ``NodeMessage``, its ``Hello``, a
 ``DownloadRequest`` or the ``fedloom-node-id`` metadata) is refused with
 ``PERMISSION_DENIED``. Every refusal carries a reason the node can log.
 
-Two ways to plug it in, both driven by one :class:`NodeAuthenticator`
-(built by :func:`make_authenticator`):
-
-- as the servicer's check: ``auth(context, claimed_node_id)`` returns ``None``
-  when the caller may act as ``claimed_node_id`` and the refusal reason
-  otherwise (the servicer decides how to refuse: Refusal message, abort);
-  ``auth.node_id(context, claimed)`` aborts the RPC itself, with the status
-  codes above, and returns the caller's id;
-- as a server interceptor, ``grpc.server(..., interceptors=[auth.interceptor()])``:
-  every Federation RPC and every request message is checked before the
-  servicer sees it, so security stays out of the business logic. A servicer
-  behind it must let exceptions raised while iterating a request stream
-  propagate: that is how a refused message ends the RPC.
+One way to plug it in: the servicer's check (researcher/servicer.py calls it on
+every Hello, Download and Upload; a stream is bound to the node of its Hello).
+:class:`NodeAuthenticator` (built by :func:`make_authenticator`) is the policy:
+``auth(context, claimed_node_id)`` returns ``None`` when the caller may act as
+``claimed_node_id`` and the refusal reason otherwise; ``auth.node_id(context,
+claimed)`` aborts the RPC itself, with the status codes above, and returns the
+caller's id. :func:`servicer_check` wraps it for the server.
 
 Allowlist: a text file of node ids, one per line (``#`` comments allowed),
 given explicitly or found as ``allowed_nodes.txt`` in the certificate directory.
@@ -39,10 +33,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import NoReturn
 
 import grpc
 from cryptography import x509
@@ -53,12 +47,10 @@ from common.tls import node_id_from_certificate, validate_node_id
 __all__ = [
     "ALLOWLIST_FILE",
     "NODE_ID_METADATA",
-    "NodeAuthInterceptor",
     "NodeAuthenticator",
     "Refusal",
     "authenticated_node_id",
     "check_claimed_node_id",
-    "claimed_node_id",
     "load_allowlist",
     "make_authenticator",
     "servicer_check",
@@ -71,14 +63,6 @@ ALLOWLIST_FILE = "allowed_nodes.txt"
 
 #: Call metadata in which a node names itself on RPCs whose messages carry no node_id (Upload).
 NODE_ID_METADATA = "fedloom-node-id"
-
-#: Only the Federation service's methods are guarded; a health check registered beside it
-#: stays reachable (its transport is still TLS).
-GUARDED_SERVICE = "/fedloom.v1.Federation/"
-
-if TYPE_CHECKING:
-    # Generic in the type stubs only: the runtime class takes no parameters.
-    _Handler = grpc.RpcMethodHandler[Any, Any]
 
 #: Key of grpc's auth context holding the peer's PEM certificate (set by the TLS handshake).
 _PEM_CERT_KEY = "x509_pem_cert"
@@ -197,35 +181,6 @@ def check_claimed_node_id(
     return decision
 
 
-def claimed_node_id(context: grpc.ServicerContext, message: Any) -> str:
-    """The node_id a request message claims ("" for none), from itself or its Hello.
-
-    Aborts with PERMISSION_DENIED when the message names two different nodes.
-    """
-    claims = {getattr(message, "node_id", "")}
-    descriptor = getattr(type(message), "DESCRIPTOR", None)
-    if descriptor is not None and "hello" in descriptor.fields_by_name:
-        if message.HasField("hello"):
-            claims.add(message.hello.node_id)
-    claims.discard("")
-    if len(claims) > 1:
-        _abort(
-            context,
-            Refusal(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"message names several nodes: {sorted(claims)}",
-            ),
-        )
-    return claims.pop() if claims else ""
-
-
-def _metadata_claim(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == NODE_ID_METADATA:
-            return value if isinstance(value, str) else value.decode()
-    return ""
-
-
 class NodeAuthenticator:
     """The researcher's node-authentication policy: TLS or insecure, optional allowlist.
 
@@ -261,10 +216,6 @@ class NodeAuthenticator:
         return check_claimed_node_id(
             context, claimed, allowed=self.allowed_node_ids, insecure=self.insecure
         )
-
-    def interceptor(self) -> NodeAuthInterceptor:
-        """A server interceptor applying this policy to the Federation service."""
-        return NodeAuthInterceptor(self)
 
 
 def make_authenticator(
@@ -304,99 +255,3 @@ def servicer_check(
         return None
 
     return check
-
-
-class NodeAuthInterceptor(grpc.ServerInterceptor):
-    """Applies a :class:`NodeAuthenticator` to every Federation RPC and every request message."""
-
-    def __init__(self, authenticator: NodeAuthenticator) -> None:
-        self._auth = authenticator
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(GUARDED_SERVICE):
-            return handler
-        return _wrap(handler, self._auth)
-
-
-def _checked_stream(
-    requests: Iterator[Any],
-    context: grpc.ServicerContext,
-    auth: NodeAuthenticator,
-    caller: str | None,
-) -> Iterator[Any]:
-    """Pass requests through, refusing any that claims a node other than the caller."""
-    for request in requests:
-        claimed = claimed_node_id(context, request)
-        if claimed and claimed != caller:
-            if caller is None:
-                # Insecure mode: the first claim names the caller (allowlist checked).
-                caller = auth.node_id(context, claimed)
-            elif auth.insecure:
-                _abort(
-                    context,
-                    Refusal(
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        f"stream opened by node {caller!r} then claimed {claimed!r}",
-                    ),
-                )
-            else:
-                auth.node_id(context, claimed)  # aborts: the claim is not the certificate's
-        yield request
-
-
-def _wrap(handler: _Handler, auth: NodeAuthenticator) -> _Handler:
-    """The same handler with its request(s) checked before the servicer sees them."""
-    if handler.request_streaming:
-        stream = handler.stream_stream or handler.stream_unary
-        assert stream is not None
-
-        def stream_behavior(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            # Checked before the servicer runs, not at the first message: a node without
-            # a certificate or off the allowlist never reaches it.
-            caller = auth.node_id(context, _metadata_claim(context))
-            return stream(_checked_stream(requests, context, auth, caller), context)
-
-        factory = (
-            grpc.stream_stream_rpc_method_handler
-            if handler.response_streaming
-            else grpc.stream_unary_rpc_method_handler
-        )
-        return factory(
-            stream_behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-    unary = handler.unary_stream or handler.unary_unary
-    assert unary is not None
-
-    def unary_behavior(request: Any, context: grpc.ServicerContext) -> Any:
-        claimed = claimed_node_id(context, request)
-        auth.node_id(context, claimed)
-        caller = auth.node_id(context, _metadata_claim(context))
-        if claimed and caller is not None and claimed != caller:
-            # Only reachable in insecure mode: with TLS both were checked against the cert.
-            _abort(
-                context,
-                Refusal(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"request names node {claimed!r} but its metadata names {caller!r}",
-                ),
-            )
-        return unary(request, context)
-
-    unary_factory = (
-        grpc.unary_stream_rpc_method_handler
-        if handler.response_streaming
-        else grpc.unary_unary_rpc_method_handler
-    )
-    return unary_factory(
-        unary_behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )

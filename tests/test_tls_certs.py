@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import ipaddress
 import stat
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 import grpc
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.errors import ConfigurationError
+from common.payload import encode_arrays
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 from common.tls import (
@@ -32,10 +33,10 @@ from researcher.auth import (
     ALLOWLIST_FILE,
     NODE_ID_METADATA,
     NodeAuthenticator,
-    authenticated_node_id,
     load_allowlist,
     make_authenticator,
 )
+from researcher.server import ResearcherServer
 
 NODES = ["node-a", "node-b"]
 RPC_TIMEOUT = 10.0  # seconds; loopback calls take milliseconds, this only bounds a hang
@@ -164,38 +165,17 @@ def test_allowlist_file_ignores_comments_and_blank_lines(tmp_path: Path) -> None
     assert load_allowlist(path) == frozenset({"node-a", "node-b"})
 
 
-# ------------------------------------------------- a real server with mTLS
-
-
-class EchoFederation(pb_grpc.FederationServicer):
-    """Answers with the node id the researcher authenticated, so tests can see it."""
-
-    def Connect(
-        self, request_iterator: Iterator[pb.NodeMessage], context: grpc.ServicerContext
-    ) -> Iterator[pb.ResearcherMessage]:
-        for message in request_iterator:
-            if message.HasField("hello"):
-                caller = authenticated_node_id(context) or message.hello.node_id
-                yield pb.ResearcherMessage(welcome=pb.Welcome(researcher_id=f"hello {caller}"))
-
-    def Download(
-        self, request: pb.DownloadRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.PayloadChunk]:
-        yield pb.PayloadChunk(payload_id=request.payload_id, data=b"weights")
-
-    def Upload(
-        self, request_iterator: Iterator[pb.PayloadChunk], context: grpc.ServicerContext
-    ) -> pb.UploadAck:
-        received = sum(len(chunk.data) for chunk in request_iterator)
-        return pb.UploadAck(
-            payload_id=authenticated_node_id(context) or "", received_bytes=received
-        )
+# ------------------------------------------------- the researcher's server with mTLS
 
 
 @dataclass
 class Researcher:
-    port: int
+    server: ResearcherServer
     certs: CertDirectory
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     def channel(self, node_id: str | None, *, pki: CertDirectory | None = None) -> grpc.Channel:
         """A node's mTLS channel presenting ``node_id``'s certificate from ``pki``."""
@@ -209,26 +189,28 @@ class Researcher:
 
 
 @contextmanager
-def _serve(auth: NodeAuthenticator, add_port: Callable[[grpc.Server], int]) -> Iterator[int]:
-    """A researcher server on loopback guarded by ``auth``; yields its port."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), interceptors=[auth.interceptor()]
-    )
-    pb_grpc.add_FederationServicer_to_server(EchoFederation(), server)
-    port = add_port(server)
+def _serve(
+    policy: NodeAuthenticator, credentials: grpc.ServerCredentials | None
+) -> Iterator[ResearcherServer]:
+    """The researcher's real server on loopback, checking nodes with ``policy`` (the one way
+    the server authenticates: the servicer's check, see researcher/auth.py)."""
+
+    def authenticate(context: grpc.ServicerContext, claimed: str) -> str | None:
+        policy.node_id(context, claimed)
+        return None
+
+    server = ResearcherServer("127.0.0.1:0", credentials=credentials, authenticate=authenticate)
     server.start()
     try:
-        yield port
+        yield server
     finally:
-        server.stop(grace=None)
+        server.stop(grace=0)
 
 
 @pytest.fixture(scope="module")
 def researcher(certs: CertDirectory) -> Iterator[Researcher]:
-    auth = NodeAuthenticator(allowed_node_ids=None)
-    creds = server_credentials(certs.root)
-    with _serve(auth, lambda s: s.add_secure_port("127.0.0.1:0", creds)) as port:
-        yield Researcher(port, certs)
+    with _serve(NodeAuthenticator(allowed_node_ids=None), server_credentials(certs.root)) as server:
+        yield Researcher(server, certs)
 
 
 def _hello(channel: grpc.Channel, claimed: str) -> pb.ResearcherMessage:
@@ -240,7 +222,7 @@ def _hello(channel: grpc.Channel, claimed: str) -> pb.ResearcherMessage:
 def test_node_with_its_own_certificate_is_welcomed_under_that_id(researcher: Researcher) -> None:
     with researcher.channel("node-a") as channel:
         reply = _hello(channel, "node-a")
-    assert reply.welcome.researcher_id == "hello node-a"
+    assert reply.welcome.researcher_id == researcher.server.researcher_id
 
 
 def test_node_claiming_another_node_id_in_hello_is_permission_denied(
@@ -253,6 +235,7 @@ def test_node_claiming_another_node_id_in_hello_is_permission_denied(
 
 
 def test_download_for_another_node_id_is_permission_denied(researcher: Researcher) -> None:
+    researcher.server.payloads.publish("p1", encode_arrays({"w": np.ones(3)}), ["node-a"])
     with researcher.channel("node-b") as channel, pytest.raises(grpc.RpcError) as err:
         stub = pb_grpc.FederationStub(channel)
         request = pb.DownloadRequest(protocol_version=1, node_id="node-a", payload_id="p1")
@@ -260,14 +243,13 @@ def test_download_for_another_node_id_is_permission_denied(researcher: Researche
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_download_and_upload_with_own_id_succeed(researcher: Researcher) -> None:
+def test_download_with_own_id_succeeds(researcher: Researcher) -> None:
+    researcher.server.payloads.publish("p2", encode_arrays({"w": np.ones(3)}), ["node-b"])
     with researcher.channel("node-b") as channel:
         stub = pb_grpc.FederationStub(channel)
-        request = pb.DownloadRequest(protocol_version=1, node_id="node-b", payload_id="p1")
+        request = pb.DownloadRequest(protocol_version=1, node_id="node-b", payload_id="p2")
         chunks = list(stub.Download(request, timeout=RPC_TIMEOUT))
-        ack = stub.Upload(iter([pb.PayloadChunk(data=b"abc")] * 3), timeout=RPC_TIMEOUT)
-    assert [c.data for c in chunks] == [b"weights"]
-    assert (ack.payload_id, ack.received_bytes) == ("node-b", 9)
+    assert sum(len(c.data) for c in chunks) == 3 * 8
 
 
 def test_upload_naming_another_node_in_metadata_is_permission_denied(
@@ -306,41 +288,25 @@ def test_insecure_channel_to_tls_server_fails(researcher: Researcher) -> None:
 
 
 def test_node_off_the_allowlist_is_unauthenticated_with_reason(certs: CertDirectory) -> None:
-    auth = NodeAuthenticator(allowed_node_ids=frozenset({"node-a"}))
-    creds = server_credentials(certs.root)
-    with _serve(auth, lambda s: s.add_secure_port("127.0.0.1:0", creds)) as port:
-        server = Researcher(port, certs)
-        with server.channel("node-a") as channel:
-            assert _hello(channel, "node-a").welcome.researcher_id == "hello node-a"
-        with server.channel("node-b") as channel, pytest.raises(grpc.RpcError) as err:
+    policy = NodeAuthenticator(allowed_node_ids=frozenset({"node-a"}))
+    with _serve(policy, server_credentials(certs.root)) as server:
+        researcher = Researcher(server, certs)
+        with researcher.channel("node-a") as channel:
+            assert _hello(channel, "node-a").HasField("welcome")
+        with researcher.channel("node-b") as channel, pytest.raises(grpc.RpcError) as err:
             _hello(channel, "node-b")
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "not on the researcher's allowlist" in err.value.details()
 
 
 def test_insecure_mode_trusts_the_claim_but_applies_the_allowlist() -> None:
-    auth = NodeAuthenticator(allowed_node_ids=frozenset({"node-a"}), insecure=True)
-    with _serve(auth, lambda s: s.add_insecure_port("127.0.0.1:0")) as port:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            assert _hello(channel, "node-a").welcome.researcher_id == "hello node-a"
+    policy = NodeAuthenticator(allowed_node_ids=frozenset({"node-a"}), insecure=True)
+    with _serve(policy, None) as server:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            assert _hello(channel, "node-a").HasField("welcome")
             with pytest.raises(grpc.RpcError) as err:
                 _hello(channel, "node-x")
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-
-
-def test_insecure_mode_refuses_a_stream_that_changes_node_id() -> None:
-    auth = NodeAuthenticator(insecure=True)
-    with _serve(auth, lambda s: s.add_insecure_port("127.0.0.1:0")) as port:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.FederationStub(channel)
-            messages = [
-                pb.NodeMessage(node_id="node-a", hello=pb.Hello(node_id="node-a")),
-                pb.NodeMessage(node_id="node-b", hello=pb.Hello(node_id="node-b")),
-            ]
-            with pytest.raises(grpc.RpcError) as err:
-                list(stub.Connect(iter(messages), timeout=RPC_TIMEOUT))
-    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "then claimed 'node-b'" in err.value.details()
 
 
 def test_tls_without_client_certificate_is_unauthenticated_with_reason(
@@ -349,8 +315,11 @@ def test_tls_without_client_certificate_is_unauthenticated_with_reason(
     # A server that does not demand client certificates at the handshake still
     # refuses, at the RPC, a node that presented none.
     creds = server_credentials(certs.root, require_client_auth=False)
-    with _serve(NodeAuthenticator(), lambda s: s.add_secure_port("127.0.0.1:0", creds)) as port:
-        with Researcher(port, certs).channel(None) as channel, pytest.raises(grpc.RpcError) as err:
+    with _serve(NodeAuthenticator(), creds) as server:
+        with (
+            Researcher(server, certs).channel(None) as channel,
+            pytest.raises(grpc.RpcError) as err,
+        ):
             _hello(channel, "node-a")
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "--cert" in err.value.details()
