@@ -11,6 +11,7 @@ containers and volumes at the end.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -70,6 +71,7 @@ def compose_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
         pytest.skip("podman host setup needs root")
     log = tmp_path / "setup.log"
     env = {**os.environ, "FEDLOOM_WHEELS_DIR": str(WHEELS_DIR)}
+    logging.getLogger(__name__).info("compose: preparing the podman host (log: %s)", log)
     code = _run(["bash", str(SETUP_SCRIPT)], log, SETUP_TIMEOUT, env)
     assert code == 0, f"host setup failed:\n{_tail(log)}"
     assert shutil.which("podman-compose"), "host setup did not install podman-compose"
@@ -78,6 +80,7 @@ def compose_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
         "-v", f"{WHEELS_DIR}:/wheels:ro",
         "-f", "docker/Dockerfile", "-t", IMAGE, ".",
     ]  # fmt: skip
+    logging.getLogger(__name__).info("compose: building the image (a cold build takes ~3 min)")
     code = _run(build, log, BUILD_TIMEOUT, env)
     assert code == 0, f"image build failed:\n{_tail(log)}"
     yield {**env, "FEDLOOM_IMAGE": IMAGE}
@@ -128,6 +131,7 @@ def test_compose_federation_trains_over_mtls_with_three_nodes(
             *compose, "up", "--no-deps", "--abort-on-container-exit",
             "--exit-code-from", "researcher", "researcher", *sorted(NODES),
         ]  # fmt: skip
+        logging.getLogger(__name__).info("compose: certificates issued; running the federation")
         code = _run(up, log, RUN_TIMEOUT, env)
         assert code == 0, f"researcher exited with {code}:\n{_tail(log)}"
 

@@ -38,5 +38,6 @@ step "pytest"
 python -m pytest -q -m "not compose" "$@"
 if [ "${FEDLOOM_SKIP_COMPOSE:-0}" != 1 ]; then
     step "compose federation under podman"
-    python -m pytest -q -m compose tests/test_compose.py
+    # Live log lines say which stage (host setup, image build, federation) is under way.
+    python -m pytest -q -m compose -o log_cli=true --log-cli-level=INFO tests/test_compose.py
 fi
