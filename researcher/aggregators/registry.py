@@ -2,55 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from common.errors import ConfigurationError
+from common.registry import Registry
 from researcher.aggregators.base import Aggregator
 
 __all__ = ["AGGREGATORS", "aggregator_from_state", "build_aggregator", "register_aggregator"]
 
 #: name -> class of every registered aggregator.
-AGGREGATORS: dict[str, type[Aggregator]] = {}
-
-A = TypeVar("A", bound=type[Aggregator])
+AGGREGATORS: Registry[Aggregator] = Registry("aggregator")
 
 
-def register_aggregator(name: str) -> Any:
+def register_aggregator(name: str) -> Callable[[type[Aggregator]], type[Aggregator]]:
     """Class decorator: make an Aggregator subclass available as `name`."""
-
-    def decorate(cls: A) -> A:
-        if name in AGGREGATORS and AGGREGATORS[name] is not cls:
-            raise ConfigurationError(f"aggregator name {name!r} is already taken")
-        cls.name = name
-        AGGREGATORS[name] = cls
-        return cls
-
-    return decorate
+    return AGGREGATORS.register(name)
 
 
 def build_aggregator(name: str, params: Mapping[str, Any] | None = None) -> Aggregator:
     """Instantiate the aggregator called `name` with keyword `params`."""
-    cls = AGGREGATORS.get(name.lower())
-    if cls is None:
-        raise ConfigurationError(f"unknown aggregator {name!r}; known: {sorted(AGGREGATORS)}")
-    try:
-        return cls(**dict(params or {}))
-    except TypeError as exc:
-        raise ConfigurationError(
-            f"aggregator {name!r} does not take these settings: {exc}"
-        ) from exc
+    return AGGREGATORS.build(name, params)
 
 
 def aggregator_from_state(state: Mapping[str, Any]) -> Aggregator:
     """Rebuild an aggregator from its `get_state()` (checkpoints)."""
-    by_class = {cls.__name__: cls for cls in AGGREGATORS.values()}
-    cls = AGGREGATORS.get(str(state.get("name"))) or by_class.get(str(state.get("class")))
-    if cls is None:
-        raise ConfigurationError(
-            f"saved aggregator {state.get('class')!r} is not one of {sorted(AGGREGATORS)}: "
-            "set the aggregator again with set_aggregator(...) after loading"
-        )
-    aggregator = cls()
-    aggregator.set_state(state)
-    return aggregator
+    return AGGREGATORS.from_state(state)

@@ -2,53 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from common.errors import ConfigurationError
+from common.registry import Registry
 from researcher.rounds.policy import Strategy
 
 __all__ = ["STRATEGIES", "build_strategy", "register_strategy", "strategy_from_state"]
 
 #: name -> class of every registered strategy.
-STRATEGIES: dict[str, type[Strategy]] = {}
-
-S = TypeVar("S", bound=type[Strategy])
+STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
-def register_strategy(name: str) -> Any:
+def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     """Class decorator: make a Strategy subclass available as `name`."""
-
-    def decorate(cls: S) -> S:
-        if name in STRATEGIES and STRATEGIES[name] is not cls:
-            raise ConfigurationError(f"strategy name {name!r} is already taken")
-        cls.name = name
-        STRATEGIES[name] = cls
-        return cls
-
-    return decorate
+    return STRATEGIES.register(name)
 
 
 def build_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strategy:
     """Instantiate the strategy called `name` with keyword `params`."""
-    cls = STRATEGIES.get(name.lower())
-    if cls is None:
-        raise ConfigurationError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
-    try:
-        return cls(**dict(params or {}))
-    except TypeError as exc:
-        raise ConfigurationError(f"strategy {name!r} does not take these settings: {exc}") from exc
+    return STRATEGIES.build(name, params)
 
 
 def strategy_from_state(state: Mapping[str, Any]) -> Strategy:
     """Rebuild a strategy from its `get_state()`."""
-    by_class = {cls.__name__: cls for cls in STRATEGIES.values()}
-    cls = STRATEGIES.get(str(state.get("name"))) or by_class.get(str(state.get("class")))
-    if cls is None:
-        raise ConfigurationError(
-            f"saved strategy {state.get('class')!r} is not one of {sorted(STRATEGIES)}: "
-            "set the strategy again with set_strategy(...) after loading"
-        )
-    strategy = cls()
-    strategy.set_state(state)
-    return strategy
+    return STRATEGIES.from_state(state)
