@@ -194,7 +194,8 @@ class NodeAuthenticator:
         self.allowed_node_ids = allowed_node_ids
         self.insecure = insecure
         if insecure:
-            logger.warning(
+            # INFO: the server's start already warns once that it runs without TLS.
+            logger.info(
                 "INSECURE MODE: node connections are not encrypted and node ids are not "
                 "verified; any process that reaches this port can act as any node"
             )
