@@ -12,8 +12,9 @@ step "virtual environment"
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # constraints.txt pins torch to the CPU build served from local disk. The console extra is
-# tested too (its browser tests drive Debian's Chromium; Playwright never downloads one).
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,docs,console]"
+# tested too (its browser tests drive Debian's Chromium; Playwright never downloads one), and
+# so are the optional extras: DP-SGD (Opacus), medical images, simulation on Ray.
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,docs,console,dp,medical,simulation]"
 if ! [ -x /usr/bin/chromium ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "tools/test.sh: the console's browser tests need Debian's chromium;" \
