@@ -54,6 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record is emitted.
+
+    A plain StreamHandler keeps the stream it was built with; when `main` runs in-process
+    (tests, embedding scripts) that stream may be a capture buffer closed long before the
+    root logger's next record, which then fails with "I/O operation on closed file".
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        """The stream is always the current `sys.stderr`; nothing to store."""
+
+
 def setup_logging(
     verbose: bool = False,
     *,
@@ -73,7 +93,7 @@ def setup_logging(
         handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
-        handler = logging.StreamHandler()
+        handler = CurrentStderrHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
     handler.setLevel(max(threshold, logging.WARNING) if quiet else threshold)
     handlers = [handler]
