@@ -6,7 +6,7 @@ validation, the change and its audit entry are the same whichever one the operat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +41,15 @@ def add_dataset(
     data_type: str | None = None,
     target: str | None = None,
     description: str = "",
+    options: Mapping[str, str | None] | None = None,
 ) -> DatasetRecord:
-    """Register a dataset (``DatasetRegistry.add``'s checks and errors) and audit it."""
-    record = DatasetRegistry(db_path).add(name, tags, path, data_type, target, description)
+    """Register a dataset (``DatasetRegistry.add``'s checks and errors) and audit it.
+
+    ``options`` are type settings; unset (None or empty) ones are dropped."""
+    settings = {key: value for key, value in (options or {}).items() if value}
+    record = DatasetRegistry(db_path).add(
+        name, tags, path, data_type, target, description, settings
+    )
     AuditTrail(db_path).record(
         actor.source,
         actor.name,

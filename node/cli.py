@@ -173,6 +173,7 @@ def _dataset_details(record: DatasetRecord) -> Table:
         ("sha256", record.sha256),
         ("added", record.added_at),
         ("description", record.description),
+        *((key.replace("_", "-"), value) for key, value in record.options.items()),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -194,6 +195,7 @@ def cmd_dataset_add(args: argparse.Namespace) -> int:
         data_type=args.type,
         target=args.target,
         description=args.description,
+        options={"demographics": args.demographics, "index_col": args.index_col},
     )
     if args.json:
         _write_json(record.to_dict())
@@ -555,7 +557,18 @@ def register(
     add.add_argument("--tags", required=True, help="comma-separated tags, e.g. '#heart,#csv'")
     add.add_argument("--path", required=True, help="file or image folder on this node")
     add.add_argument("--type", choices=DATA_TYPES, help="dataset type (default: from extension)")
-    add.add_argument("--target", help="target column (csv) or array name (npz)")
+    add.add_argument(
+        "--target", help="target column (csv, medical-folder demographics) or array name (npz)"
+    )
+    add.add_argument(
+        "--demographics",
+        help="medical-folder: demographics CSV, one row per subject (default: participants.csv "
+        "in the folder)",
+    )
+    add.add_argument(
+        "--index-col",
+        help="medical-folder: the demographics column of subject ids (default: first)",
+    )
     add.add_argument("--description", default="", help="free text shown to the operator")
     _add_json(add)
     add.set_defaults(func=cmd_dataset_add)

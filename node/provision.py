@@ -6,7 +6,7 @@ with `fedloom node init`, `dataset add` and `plan approve`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,8 @@ class DatasetSpec:
     path: Path
     data_type: str | None = None
     target: str | None = None
+    #: Type settings, e.g. {"demographics": "clinical.csv"} for a medical folder.
+    options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ def provision_node(
             path=dataset.path,
             data_type=dataset.data_type,
             target=dataset.target,
+            options=dataset.options,
         )
     approve_plans(home, approved_plans)
     return home

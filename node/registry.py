@@ -16,14 +16,14 @@ import json
 import re
 import shlex
 import sqlite3
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from common.errors import DatasetError
 from common.tags import tag_problem
-from node.datasets import VerifyResult, inspect_dataset, verify
+from node.datasets import VerifyResult, inspect_dataset, is_folder_type, verify
 from node.home import connect_database, create_tables, utc_now
 
 __all__ = ["DatasetRecord", "DatasetRegistry", "normalize_tags", "validate_name"]
@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS dataset_files (
     sha256  TEXT NOT NULL,
     PRIMARY KEY (dataset, relpath)
 );
+CREATE TABLE IF NOT EXISTS dataset_options (
+    dataset TEXT NOT NULL REFERENCES datasets(name) ON DELETE CASCADE,
+    key     TEXT NOT NULL,
+    value   TEXT NOT NULL,
+    PRIMARY KEY (dataset, key)
+);
 """
 
 
@@ -76,12 +82,15 @@ class DatasetRecord:
     sha256: str
     added_at: str
     description: str = ""
+    #: Type-specific settings given at registration (medical-folder: demographics, index_col).
+    options: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples as lists)."""
         data = asdict(self)
         for key in ("tags", "shape", "columns"):
             data[key] = list(data[key])
+        data["options"] = dict(self.options)
         return data
 
 
@@ -118,7 +127,7 @@ def validate_name(name: str) -> str:
     return stripped
 
 
-def _record(row: sqlite3.Row, tags: tuple[str, ...]) -> DatasetRecord:
+def _record(row: sqlite3.Row, tags: tuple[str, ...], options: Mapping[str, str]) -> DatasetRecord:
     return DatasetRecord(
         name=row["name"],
         tags=tags,
@@ -131,6 +140,7 @@ def _record(row: sqlite3.Row, tags: tuple[str, ...]) -> DatasetRecord:
         sha256=row["sha256"],
         added_at=row["added_at"],
         description=row["description"],
+        options=dict(options),
     )
 
 
@@ -156,8 +166,11 @@ class DatasetRegistry:
         data_type: str | None = None,
         target: str | None = None,
         description: str = "",
+        options: Mapping[str, str] | None = None,
     ) -> DatasetRecord:
-        """Inspect and register a dataset; refuses a taken name, no tags, or a bad dataset."""
+        """Inspect and register a dataset; refuses a taken name, no tags, or a bad dataset.
+
+        ``options`` are type-specific settings (``DATASET_TYPES[type].options``)."""
         name = validate_name(name)
         clean_tags = normalize_tags(tags)
         if not clean_tags:
@@ -168,7 +181,7 @@ class DatasetRegistry:
         self._refuse_taken(name)
         # Inspection reads the whole dataset (hash): done before the write transaction so
         # the database is never locked for that long.
-        found = inspect_dataset(path, data_type, target)
+        found = inspect_dataset(path, data_type, target, options)
         record = DatasetRecord(
             name=name,
             tags=clean_tags,
@@ -181,6 +194,7 @@ class DatasetRegistry:
             sha256=found.sha256,
             added_at=utc_now(),
             description=description.strip(),
+            options=dict(found.options),
         )
         with connect_database(self.db_path, write=True) as conn:
             try:
@@ -207,6 +221,10 @@ class DatasetRegistry:
                 "INSERT INTO dataset_tags (dataset, tag, position) VALUES (?, ?, ?)",
                 [(name, tag, i) for i, tag in enumerate(clean_tags)],
             )
+            conn.executemany(
+                "INSERT INTO dataset_options (dataset, key, value) VALUES (?, ?, ?)",
+                [(name, key, value) for key, value in record.options.items()],
+            )
             if found.files is not None:
                 conn.executemany(
                     "INSERT INTO dataset_files (dataset, relpath, sha256) VALUES (?, ?, ?)",
@@ -222,7 +240,7 @@ class DatasetRegistry:
         removed it meanwhile.
         """
         old = self.get(name)
-        found = inspect_dataset(old.path, old.data_type, old.target)
+        found = inspect_dataset(old.path, old.data_type, old.target, old.options)
         record = replace(
             old,
             n_samples=found.n_samples,
@@ -307,7 +325,7 @@ class DatasetRegistry:
         """Re-hash dataset ``name`` and report what changed since its registration."""
         record = self.get(name)
         manifest: dict[str, str] | None = None
-        if record.data_type == "images":
+        if is_folder_type(record.data_type):
             with connect_database(self.db_path) as conn:
                 rows = conn.execute(
                     "SELECT relpath, sha256 FROM dataset_files WHERE dataset = ?", (record.name,)
@@ -334,4 +352,11 @@ class DatasetRegistry:
                 list(tags),
             ):
                 tags[tag_row["dataset"]].append(tag_row["tag"])
-        return [_record(row, tuple(tags[row["name"]])) for row in rows]
+        options: dict[str, dict[str, str]] = {name: {} for name in tags}
+        if rows:
+            for option_row in conn.execute(
+                f"SELECT dataset, key, value FROM dataset_options WHERE dataset IN ({marks})",
+                list(tags),
+            ):
+                options[option_row["dataset"]][option_row["key"]] = option_row["value"]
+        return [_record(row, tuple(tags[row["name"]]), options[row["name"]]) for row in rows]

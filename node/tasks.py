@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -188,6 +189,9 @@ class TaskHandler:
             class_name=train.plan.class_name,
             plan_path=str(plan_path),
             dataset_path=dataset.path,
+            dataset_type=dataset.data_type,
+            dataset_target=dataset.target or "",
+            dataset_options_json=json.dumps(dict(dataset.options)),
             training_args_json=train.training_args_json,
             model_args_json=train.model_args_json,
             global_payload_path=str(global_path),

@@ -181,6 +181,9 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
     plan_class = _load_plan_class(Path(task.plan_path), task.class_name)
     plan = plan_class()
     plan.dataset_path = task.dataset_path
+    plan.dataset_type = task.dataset_type or None
+    plan.dataset_target = task.dataset_target or None
+    plan.dataset_options = json.loads(task.dataset_options_json or "{}")
     with _skip_torch_weight_init():
         # Every floating tensor of the model is overwritten by the global parameters just
         # below, so drawing random initial weights would be wasted work (0.1 s per 10M).

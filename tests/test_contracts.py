@@ -7,13 +7,16 @@ secure-sum support stated truthfully, refusals of our own error types.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from common.errors import ConfigurationError, FedloomError, RoundFailedError
+from common.datasets import DATASET_TYPES
+from common.errors import ConfigurationError, DatasetError, FedloomError, RoundFailedError
 from common.optimizers.declearn import list_optim_modules
 from common.optimizers.optimizer import Optimizer
+from node.datasets import inspect_dataset
 from researcher.aggregators import AGGREGATORS, aggregator_from_state, build_aggregator
 from researcher.strategies import STRATEGIES, build_strategy, strategy_from_state
 
@@ -182,3 +185,99 @@ def test_unknown_optimizer_module_is_our_configuration_error() -> None:
 def test_optimizer_module_refuses_nonsense_settings_with_our_error(name: str) -> None:
     with pytest.raises(FedloomError):
         Optimizer(lr=0.1, modules=[[name, {"no_such_setting": 1}]])
+
+
+# -- dataset types ----------------------------------------------------------------------------
+def _csv_sample(root: Path) -> tuple[Path, str | None]:
+    path = root / "data.csv"
+    path.write_text("x,y\n1,0\n2,1\n3,0\n")
+    return path, "y"
+
+
+def _npy_sample(root: Path) -> tuple[Path, str | None]:
+    path = root / "data.npy"
+    np.save(path, np.arange(12.0).reshape(4, 3))
+    return path, None
+
+
+def _npz_sample(root: Path) -> tuple[Path, str | None]:
+    path = root / "data.npz"
+    np.savez(path, x=np.zeros((3, 2)), y=np.arange(3))
+    return path, "y"
+
+
+def _images_sample(root: Path) -> tuple[Path, str | None]:
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (root / "imgs" / label).mkdir(parents=True)
+        Image.new("L", (4, 4), color=9).save(root / "imgs" / label / "0.png")
+    return root / "imgs", None
+
+
+def _medical_sample(root: Path) -> tuple[Path, str | None]:
+    from tests.medical_data import write_cohort
+
+    return write_cohort(root / "cohort", n_subjects=2, shape=(3, 3, 3)), "label"
+
+
+#: A valid small dataset per registered type: a new type adds its writer here.
+_DATASET_SAMPLES = {
+    "csv": _csv_sample,
+    "npy": _npy_sample,
+    "npz": _npz_sample,
+    "images": _images_sample,
+    "medical-folder": _medical_sample,
+}
+
+
+def test_every_dataset_type_has_a_contract_sample() -> None:
+    assert set(DATASET_TYPES) == set(_DATASET_SAMPLES)
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_TYPES))
+def test_dataset_type_inspection_is_consistent_with_its_hash_and_its_loader(
+    name: str, tmp_path: Path
+) -> None:
+    path, target = _DATASET_SAMPLES[name](tmp_path)
+    found = inspect_dataset(path, name, target)
+    kind = DATASET_TYPES.build(name)
+    assert found.data_type == name and found.target == target
+    assert found.n_samples > 0 and found.shape[0] == found.n_samples
+    assert (found.files is not None) == kind.is_folder == path.is_dir()
+    assert kind.content_hash(path, found.options) == (found.sha256, found.files)
+    assert inspect_dataset(path, name, target).sha256 == found.sha256
+    assert kind.load(path, target, found.options) is not None
+    assert json.loads(json.dumps(kind.get_state())) == {"name": name}
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_TYPES))
+def test_dataset_type_hash_changes_with_any_byte_of_any_file(name: str, tmp_path: Path) -> None:
+    path, target = _DATASET_SAMPLES[name](tmp_path)
+    found = inspect_dataset(path, name, target)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    kind = DATASET_TYPES.build(name)
+    for victim in files:
+        original = victim.read_bytes()
+        victim.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        assert kind.content_hash(path, found.options)[0] != found.sha256, victim
+        victim.write_bytes(original)
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_TYPES))
+def test_dataset_type_refuses_an_empty_dataset_and_an_unknown_target_with_our_error(
+    name: str, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    if DATASET_TYPES[name].is_folder:
+        empty.mkdir()
+    else:
+        empty.write_bytes(b"")
+    with pytest.raises(DatasetError):
+        inspect_dataset(empty, name)
+    path, _ = _DATASET_SAMPLES[name](tmp_path)
+    with pytest.raises(DatasetError) as refused:
+        inspect_dataset(path, name, "no-such-column")
+    assert refused.value.field == "target"
+    with pytest.raises(DatasetError, match="--no-such-option"):
+        inspect_dataset(path, name, None, {"no_such_option": "1"})

@@ -1299,6 +1299,9 @@ class WorkerTask(_message.Message):
     LEDGER_PATH_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     SECAGG_SESSIONS_DIR_FIELD_NUMBER: _builtins.int
+    DATASET_TYPE_FIELD_NUMBER: _builtins.int
+    DATASET_TARGET_FIELD_NUMBER: _builtins.int
+    DATASET_OPTIONS_JSON_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     experiment_id: _builtins.str
     round: _builtins.int
@@ -1325,6 +1328,12 @@ class WorkerTask(_message.Message):
     """SecAgg ledger: written by the supervisor, not the plan"""
     secagg_sessions_dir: _builtins.str
     """double-masking session state (supervisor only)"""
+    dataset_type: _builtins.str
+    """the registered type (common.datasets.DATASET_TYPES)"""
+    dataset_target: _builtins.str
+    """the registered target, "" when none"""
+    dataset_options_json: _builtins.str
+    """the type's registration settings, a JSON object"""
     @_builtins.property
     def aux_vars(self) -> Global___AuxVars:
         """the researcher optimizer's aux vars for this node"""
@@ -1358,10 +1367,13 @@ class WorkerTask(_message.Message):
         ledger_path: _builtins.str = ...,
         limits: Global___WorkerLimits | None = ...,
         secagg_sessions_dir: _builtins.str = ...,
+        dataset_type: _builtins.str = ...,
+        dataset_target: _builtins.str = ...,
+        dataset_options_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "limits", b"limits", "secagg", b"secagg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "class_name", b"class_name", "dataset_path", b"dataset_path", "experiment_id", b"experiment_id", "global_payload_path", b"global_payload_path", "keys_dir", b"keys_dir", "ledger_path", b"ledger_path", "limits", b"limits", "model_args_json", b"model_args_json", "node_id", b"node_id", "plan_path", b"plan_path", "reply_payload_path", b"reply_payload_path", "result_path", b"result_path", "round", b"round", "scratch_dir", b"scratch_dir", "secagg", b"secagg", "secagg_sessions_dir", b"secagg_sessions_dir", "state_dir", b"state_dir", "task_id", b"task_id", "training_args_json", b"training_args_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "class_name", b"class_name", "dataset_options_json", b"dataset_options_json", "dataset_path", b"dataset_path", "dataset_target", b"dataset_target", "dataset_type", b"dataset_type", "experiment_id", b"experiment_id", "global_payload_path", b"global_payload_path", "keys_dir", b"keys_dir", "ledger_path", b"ledger_path", "limits", b"limits", "model_args_json", b"model_args_json", "node_id", b"node_id", "plan_path", b"plan_path", "reply_payload_path", b"reply_payload_path", "result_path", b"result_path", "round", b"round", "scratch_dir", b"scratch_dir", "secagg", b"secagg", "secagg_sessions_dir", b"secagg_sessions_dir", "state_dir", b"state_dir", "task_id", b"task_id", "training_args_json", b"training_args_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

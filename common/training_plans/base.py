@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,10 @@ class BaseTrainingPlan(abc.ABC):
 
     def __init__(self) -> None:
         self.dataset_path: str | None = None
+        # The registered dataset's type, target and settings, set by the node with the path.
+        self.dataset_type: str | None = None
+        self.dataset_target: str | None = None
+        self.dataset_options: dict[str, str] = {}
         self._model_args: dict[str, Any] = {}
         self._training_args = TrainingArgs()
 
@@ -65,6 +70,21 @@ class BaseTrainingPlan(abc.ABC):
     @abc.abstractmethod
     def training_data(self) -> DataManager:
         """Load the node's dataset (at `self.dataset_path`) and return a DataManager."""
+
+    def load_dataset(self, **kwargs: Any) -> Any:
+        """The node's dataset loaded by its type: a DataFrame (csv), an array (npy), a dict of
+        arrays (npz), an ``ImageFolderDataset`` (images) or a ``MedicalFolderDataset``
+        (medical-folder). ``kwargs`` go to the loader (e.g. ``transform=``)."""
+        from common.datasets import DATASET_TYPES
+
+        if self.dataset_path is None or self.dataset_type is None:
+            raise PlanError(
+                "load_dataset() runs on a node, which sets the dataset; call it from training_data()"
+            )
+        kind = DATASET_TYPES.build(self.dataset_type)
+        return kind.load(
+            Path(self.dataset_path), self.dataset_target, self.dataset_options, **kwargs
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
     def model_args(self) -> dict[str, Any]:

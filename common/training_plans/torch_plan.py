@@ -167,8 +167,18 @@ class TorchTrainingPlan(BaseTrainingPlan):
 
 
 def _to_tensor(values: Any) -> Any:
+    """Arrays as tensors (float64 as float32); a sample dataset's batches keep their
+    structure: dicts and tuples element-wise, tensors as they are, lists of text as lists."""
     if values is None:
         return None
+    if isinstance(values, Mapping):
+        return {key: _to_tensor(value) for key, value in values.items()}
+    if isinstance(values, tuple):
+        return tuple(_to_tensor(value) for value in values)
+    if isinstance(values, list) and values and isinstance(values[0], str):
+        return values
+    if isinstance(values, torch.Tensor):
+        return values.float() if values.dtype == torch.float64 else values
     array = np.asarray(values)
     tensor = torch.from_numpy(np.ascontiguousarray(array))
     return (
