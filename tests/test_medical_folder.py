@@ -300,3 +300,28 @@ def test_cli_registers_a_medical_folder_with_its_demographics(tmp_path: Path) ->
     )
     assert bad.returncode != 0
     assert "has no participants.csv: pass --demographics FILE" in bad.stderr
+
+
+def test_mednist_layout_of_grayscale_jpeg_and_png_classes_registers_and_loads(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    root = tmp_path / "MedNIST"
+    rng = np.random.default_rng(0)
+    for label in ("AbdomenCT", "BreastMRI", "Hand"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+            Image.fromarray(pixels, mode="L").save(root / label / f"{i:06d}.jpeg", quality=95)
+    Image.fromarray(np.full((64, 64), 7, np.uint8), mode="L").save(root / "Hand" / "x.png")
+    found = inspect_dataset(root)
+    assert found.data_type == "images"
+    assert found.shape == (7, 64, 64, 1)  # grayscale: one channel, JPEG and PNG alike
+    assert found.columns == ("AbdomenCT", "BreastMRI", "Hand")
+    dataset = DATASET_TYPES["images"]().load(root, None, {})
+    image, label = dataset[len(dataset) - 1]
+    assert image.shape == (1, 64, 64) and label == 2
+    np.testing.assert_allclose(image, 7 / 255, rtol=1e-6)
+    batch, labels = next(DataManager(dataset).batches(4, np.random.default_rng(0)))
+    assert batch.shape == (4, 1, 64, 64) and labels.tolist() == [0, 0, 1, 1]
