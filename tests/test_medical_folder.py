@@ -250,54 +250,24 @@ def test_a_sample_dataset_does_not_take_a_separate_target(tmp_path: Path) -> Non
 
 def test_cli_registers_a_medical_folder_with_its_demographics(tmp_path: Path) -> None:
     root = write_cohort(tmp_path / "cohort", n_subjects=2, dicom=False)
-    shutil.move(root / "participants.csv", tmp_path / "clinical.csv")
-    home = tmp_path / "home"
-    assert run_fedloom("node", "--home", str(home), "init").returncode == 0
+    clinical = tmp_path / "clinical.csv"
+    shutil.move(root / "participants.csv", clinical)
+    home = str(tmp_path / "home")
+    assert run_fedloom("node", "--home", home, "init").returncode == 0
+    add = ("node", "--home", home, "dataset", "add", "--tags", "#mri", "--path", str(root))
+    medical = ("--type", "medical-folder", "--target", "label")
     added = run_fedloom(
-        "node",
-        "--home",
-        str(home),
-        "dataset",
-        "add",
-        "--name",
-        "brains",
-        "--tags",
-        "#mri",
-        "--path",
-        str(root),
-        "--type",
-        "medical-folder",
-        "--demographics",
-        str(tmp_path / "clinical.csv"),
-        "--index-col",
-        "subject_id",
-        "--target",
-        "label",
-    )
+        *add, "--name", "brains", *medical,
+        "--demographics", str(clinical), "--index-col", "subject_id",
+    )  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert "medical-folder, 2 samples" in added.stdout
-    shown = run_fedloom("node", "--home", str(home), "dataset", "show", "brains", "--json")
+    shown = run_fedloom("node", "--home", home, "dataset", "show", "brains", "--json")
     assert json.loads(shown.stdout)["options"] == {
-        "demographics": str(tmp_path / "clinical.csv"),
+        "demographics": str(clinical),
         "index_col": "subject_id",
     }
-    bad = run_fedloom(
-        "node",
-        "--home",
-        str(home),
-        "dataset",
-        "add",
-        "--name",
-        "b2",
-        "--tags",
-        "#mri",
-        "--path",
-        str(root),
-        "--type",
-        "medical-folder",
-        "--target",
-        "label",
-    )
+    bad = run_fedloom(*add, "--name", "b2", *medical)
     assert bad.returncode != 0
     assert "has no participants.csv: pass --demographics FILE" in bad.stderr
 

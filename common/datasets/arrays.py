@@ -15,25 +15,23 @@ from typing import IO, Any
 
 import numpy as np
 
-from common.datasets.base import DATASET_TYPES, DatasetInspection, DatasetType, missing_target
-from common.datasets.hashing import hash_file
+from common.datasets.base import DATASET_TYPES, FileDatasetType, missing_target
 from common.errors import DatasetError
 
 __all__ = ["NpyType", "NpzType"]
 
 
 @DATASET_TYPES.register("npy")
-class NpyType(DatasetType):
+class NpyType(FileDatasetType):
     """One numeric array; plans get it memory-mapped."""
 
     extensions = (".npy",)
     description = "a .npy array"
 
-    def inspect(
-        self, path: Path, target: str | None, options: Mapping[str, str]
-    ) -> DatasetInspection:
-        n_samples, shape, columns = _inspect_npy(path, target)
-        return DatasetInspection(path, "npy", n_samples, shape, columns, target, hash_file(path))
+    def measure(
+        self, path: Path, target: str | None
+    ) -> tuple[int, tuple[int, ...], tuple[str, ...]]:
+        return _inspect_npy(path, target)
 
     def load(
         self, path: Path, target: str | None, options: Mapping[str, str], **kwargs: Any
@@ -42,17 +40,16 @@ class NpyType(DatasetType):
 
 
 @DATASET_TYPES.register("npz")
-class NpzType(DatasetType):
+class NpzType(FileDatasetType):
     """Named numeric arrays; plans get a dict name -> array."""
 
     extensions = (".npz",)
     description = "an .npz archive of arrays"
 
-    def inspect(
-        self, path: Path, target: str | None, options: Mapping[str, str]
-    ) -> DatasetInspection:
-        n_samples, shape, columns = _inspect_npz(path, target)
-        return DatasetInspection(path, "npz", n_samples, shape, columns, target, hash_file(path))
+    def measure(
+        self, path: Path, target: str | None
+    ) -> tuple[int, tuple[int, ...], tuple[str, ...]]:
+        return _inspect_npz(path, target)
 
     def load(
         self, path: Path, target: str | None, options: Mapping[str, str], **kwargs: Any

@@ -17,7 +17,14 @@ from common.datasets.hashing import hash_file, hash_tree
 from common.errors import DatasetError
 from common.registry import Registry
 
-__all__ = ["DATASET_TYPES", "DatasetInspection", "DatasetType", "listing", "missing_target"]
+__all__ = [
+    "DATASET_TYPES",
+    "DatasetInspection",
+    "DatasetType",
+    "FileDatasetType",
+    "listing",
+    "missing_target",
+]
 
 #: Columns, arrays or files listed in an error message before "... and N more": enough to
 #: spot a typo, short enough to stay on one terminal screen.
@@ -77,6 +84,24 @@ class DatasetType:
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Types hold no state."""
+
+
+class FileDatasetType(DatasetType):
+    """A type held in one file: ``measure`` gives samples, shape and columns; the hash is the file's."""
+
+    def measure(
+        self, path: Path, target: str | None
+    ) -> tuple[int, tuple[int, ...], tuple[str, ...]]:
+        """``(n_samples, shape, columns)`` of the file, or ``DatasetError`` naming the fault."""
+        raise NotImplementedError
+
+    def inspect(
+        self, path: Path, target: str | None, options: Mapping[str, str]
+    ) -> DatasetInspection:
+        n_samples, shape, columns = self.measure(path, target)
+        return DatasetInspection(
+            path, self.name, n_samples, shape, columns, target, hash_file(path)
+        )
 
 
 #: name -> class of every dataset type a node can register (``--type``).

@@ -14,12 +14,10 @@ from typing import Any
 
 from common.datasets.base import (
     DATASET_TYPES,
-    DatasetInspection,
-    DatasetType,
+    FileDatasetType,
     listing,
     missing_target,
 )
-from common.datasets.hashing import hash_file
 from common.errors import DatasetError
 
 __all__ = ["CsvType"]
@@ -28,17 +26,16 @@ logger = logging.getLogger(__name__)
 
 
 @DATASET_TYPES.register("csv")
-class CsvType(DatasetType):
+class CsvType(FileDatasetType):
     """A CSV table, one sample a row."""
 
     extensions = (".csv",)
     description = "a CSV file"
 
-    def inspect(
-        self, path: Path, target: str | None, options: Mapping[str, str]
-    ) -> DatasetInspection:
-        n_samples, shape, columns = _inspect_csv(path, target)
-        return DatasetInspection(path, "csv", n_samples, shape, columns, target, hash_file(path))
+    def measure(
+        self, path: Path, target: str | None
+    ) -> tuple[int, tuple[int, ...], tuple[str, ...]]:
+        return _inspect_csv(path, target)
 
     def load(
         self, path: Path, target: str | None, options: Mapping[str, str], **kwargs: Any
