@@ -34,7 +34,7 @@ def _as_array(values: Any, what: str) -> np.ndarray:
 def _is_sample_dataset(values: Any) -> bool:
     """True for an indexable dataset of samples, False for array-likes sliced as a whole."""
     array_like = (
-        isinstance(values, (list, tuple, np.ndarray))
+        isinstance(values, (list, tuple, np.ndarray, Mapping))
         or hasattr(values, "__array__")
         or hasattr(values, "to_numpy")
     )
