@@ -295,3 +295,30 @@ def test_mednist_layout_of_grayscale_jpeg_and_png_classes_registers_and_loads(
     np.testing.assert_allclose(image, 7 / 255, rtol=1e-6)
     batch, labels = next(DataManager(dataset).batches(4, np.random.default_rng(0)))
     assert batch.shape == (4, 1, 64, 64) and labels.tolist() == [0, 0, 1, 1]
+
+
+def test_plan_load_dataset_uses_the_type_target_and_options_the_node_sets(
+    tmp_path: Path,
+) -> None:
+    from common.errors import PlanError
+    from common.training_plans import TorchTrainingPlan
+
+    class Plan(TorchTrainingPlan):
+        def training_data(self) -> DataManager:
+            return DataManager(self.load_dataset(modalities=["T1"]))
+
+    plan = Plan()
+    with pytest.raises(PlanError, match="runs on a node"):
+        plan.load_dataset()
+    root = write_cohort(tmp_path / "cohort", n_subjects=2, dicom=False)
+    shutil.move(root / "participants.csv", tmp_path / "clinical.csv")
+    plan.dataset_path, plan.dataset_type = str(root), "medical-folder"
+    plan.dataset_target = "age"
+    plan.dataset_options = {"demographics": str(tmp_path / "clinical.csv")}
+    dataset = plan.training_data().samples
+    assert isinstance(dataset, MedicalFolderDataset)
+    assert [dataset[i][1] for i in range(2)] == [40, 41]
+    with pytest.raises(DatasetError, match="a sample dataset yields"):
+        DataManager(dataset, target=np.zeros(2))
+    with pytest.raises(DatasetError, match="non-numeric"):
+        DataManager({"x": np.zeros(2)})  # a dict is not a sample dataset
