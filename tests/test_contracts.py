@@ -18,12 +18,17 @@ from common.optimizers.declearn import list_optim_modules
 from common.optimizers.optimizer import Optimizer
 from node.datasets import inspect_dataset
 from researcher.aggregators import AGGREGATORS, aggregator_from_state, build_aggregator
+from researcher.federated_workflows import Experiment
 from researcher.strategies import STRATEGIES, build_strategy, strategy_from_state
 
 TEMPLATE = {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float64)}
 
+#: Replies per round: enough for every aggregator's default settings (Krum's default f=1
+#: needs more than 2f + 2 = 4).
+N_REPLIES = 5
 
-def _replies(n: int = 3, seed: int = 0) -> dict[str, tuple[dict[str, np.ndarray], float]]:
+
+def _replies(n: int = N_REPLIES, seed: int = 0) -> dict[str, tuple[dict[str, np.ndarray], float]]:
     rng = np.random.default_rng(seed)
     return {
         f"node-{i}": (
@@ -50,7 +55,7 @@ def test_aggregator_keeps_names_shapes_and_dtypes_and_is_exact_on_identical_repl
     name: str,
 ) -> None:
     params = _replies(1)["node-0"][0]
-    out = build_aggregator(name).aggregate({f"n{i}": (params, 5.0) for i in range(3)})
+    out = build_aggregator(name).aggregate({f"n{i}": (params, 5.0) for i in range(N_REPLIES)})
     assert out.keys() == params.keys()
     for key, value in params.items():
         assert out[key].dtype == value.dtype and out[key].shape == value.shape
@@ -73,6 +78,28 @@ def test_aggregator_states_its_secure_sum_support_truthfully(name: str) -> None:
     out = secure.finish()
     for key in TEMPLATE:
         np.testing.assert_allclose(out[key], clear[key], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_aggregator_refused_with_secagg_on_parameters_at_set_up_unless_it_uses_sums(
+    name: str,
+) -> None:
+    aggregator = build_aggregator(name)
+    if aggregator.supports_secure_sum:
+        Experiment(tags=["#a"], aggregator=aggregator, secagg=True)
+        return
+    with pytest.raises(ConfigurationError, match=f"the {type(aggregator).__name__} aggregator"):
+        Experiment(tags=["#a"], aggregator=aggregator, secagg=True)
+    Experiment(tags=["#a"], aggregator=aggregator, secagg={"protect_parameters": False})
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_aggregator_result_does_not_depend_on_the_order_of_replies(name: str) -> None:
+    replies = _replies()
+    forward = build_aggregator(name).aggregate(replies)
+    backward = build_aggregator(name).aggregate(dict(reversed(list(replies.items()))))
+    for key in TEMPLATE:
+        np.testing.assert_allclose(backward[key], forward[key], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))

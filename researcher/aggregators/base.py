@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,6 +32,9 @@ class Aggregator(abc.ABC):
 
     #: True when `add_secure_sum` works: the aggregate is a function of the weighted sum.
     supports_secure_sum: ClassVar[bool] = False
+
+    def use_scratch_folder(self, folder: Path) -> None:  # noqa: B027 - optional hook
+        """Where the aggregator may write temporary files (the Experiment gives its folder)."""
 
     @abc.abstractmethod
     def start(self, template: Mapping[str, np.ndarray]) -> None:

@@ -8,8 +8,8 @@ from typing import ClassVar
 import numpy as np
 
 from common.errors import RoundFailedError
-from common.finite import all_finite
 from researcher.aggregators.base import Aggregator
+from researcher.aggregators.checks import check_reply
 
 __all__ = ["FedAverage"]
 
@@ -51,35 +51,12 @@ class FedAverage(Aggregator):
         self._nodes = []
 
     def add(self, node_id: str, params: Mapping[str, np.ndarray], weight: float) -> None:
-        self._check(node_id, params, weight)
+        check_reply(node_id, params, weight, {k: v.shape for k, v in self._sums.items()})
         scratch = np.empty(_CHUNK, dtype=np.float64)
         for name, total in self._sums.items():
             _accumulate(total.reshape(-1), np.asarray(params[name]).reshape(-1), weight, scratch)
         self._total += weight
         self._nodes.append(node_id)
-
-    def _check(self, node_id: str, params: Mapping[str, np.ndarray], weight: float) -> None:
-        """Validate the whole reply before folding any of it."""
-        if not weight > 0:
-            raise RoundFailedError(
-                f"node {node_id} reported {weight} training samples; expected > 0"
-            )
-        if set(params) != set(self._sums):
-            raise RoundFailedError(
-                f"node {node_id} sent parameters {sorted(set(params) ^ set(self._sums))[:5]} "
-                "that do not match the global model"
-            )
-        for name, total in self._sums.items():
-            value = np.asarray(params[name])
-            if value.shape != total.shape:
-                raise RoundFailedError(
-                    f"node {node_id} sent {name!r} with shape {value.shape}, expected {total.shape}"
-                )
-            if not all_finite(value):
-                raise RoundFailedError(
-                    f"node {node_id} sent non-finite values in {name!r}: lower its learning "
-                    "rate or check its data"
-                )
 
     def add_secure_sum(self, sums: Mapping[str, np.ndarray], total_weight: float) -> None:
         if not total_weight > 0:

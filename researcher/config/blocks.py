@@ -34,7 +34,13 @@ __all__ = [
 
 
 #: Other names TOML files may use for registered aggregators.
-AGGREGATOR_ALIASES = {"fedaverage": "fedavg"}
+AGGREGATOR_ALIASES = {
+    "fedaverage": "fedavg",
+    "trimmed_mean": "trimmed-mean",
+    "multi_krum": "multi-krum",
+    "geometric_median": "geometric-median",
+    "rfa": "geometric-median",
+}
 
 
 def check_keys(

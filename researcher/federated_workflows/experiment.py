@@ -42,6 +42,7 @@ from researcher.plan_probe import PlanDetails, PlanFile, probe_plan
 from researcher.progress import ProgressReporter, make_progress
 from researcher.round_params import AggregatedParams, NodeParamsStore
 from researcher.rounds import GrpcExchange, PlanInfo, RoundSetup, run_round
+from researcher.rounds.aggregation import check_secagg_configuration
 from researcher.rounds.exchange import Exchange
 from researcher.rounds.reply import TrainReply
 from researcher.rounds.round import RoundResult
@@ -283,6 +284,8 @@ class Experiment:
             aggregator = FedAverage()
         if not isinstance(aggregator, Aggregator):
             raise ConfigurationError(f"aggregator must be e.g. FedAverage(), got {aggregator!r}")
+        if self._state.secagg is not None:
+            check_secagg_configuration(self._state.secagg, aggregator)
         self._state.aggregator = aggregator
         return aggregator
 
@@ -312,10 +315,13 @@ class Experiment:
     ) -> SecureAggregation | None:
         """True, False, a dict of settings or a `common.secagg.SecureAggregation`."""
         try:
-            self._state.secagg = SecureAggregation.from_value(secagg)
+            settings = SecureAggregation.from_value(secagg)
         except SecaggError as exc:
             raise ConfigurationError(f"secagg: {exc}") from exc
-        return self._state.secagg
+        if settings is not None:
+            check_secagg_configuration(settings, self._state.aggregator)
+        self._state.secagg = settings
+        return settings
 
     def set_keep_checkpoints(self, keep: int) -> int:
         """How many round checkpoints to keep (the latest is enough to resume)."""
@@ -741,6 +747,9 @@ class Experiment:
         check_optimizer_pairing(
             state.agg_optimizer, details.optimizer_spec, details.native_optimizer
         )
+        if state.secagg is not None:  # also after load_breakpoint, before any round
+            check_secagg_configuration(state.secagg, state.aggregator)
+        state.aggregator.use_scratch_folder(self.experimentation_folder())
         assert state.plan is not None
         return RoundSetup(
             experiment_id=state.experiment_id,

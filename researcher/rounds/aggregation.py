@@ -127,5 +127,7 @@ def check_secagg_configuration(settings: SecaggSettings, aggregator: Aggregator)
         raise ConfigurationError(
             f"SecAgg with protected parameters reveals only the sum of the nodes' updates, which "
             f"the {type(aggregator).__name__} aggregator cannot use: choose an aggregator that "
-            "supports secure sums (FedAverage) or SecureAggregation(protect_parameters=False)"
+            "supports secure sums (FedAverage) or SecureAggregation(protect_parameters=False) "
+            "(TOML: secagg = {protect_parameters = false}), which protects the aux vars only "
+            "and shows the researcher each node's parameters"
         )
