@@ -3,6 +3,7 @@ straightforward numpy references, under poisoning, over budget on disk, and on r
 
 from __future__ import annotations
 
+import logging
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -412,8 +413,9 @@ def test_secagg_on_parameters_with_a_robust_aggregator_is_refused_at_set_up(
 # -- on real nodes ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_median_over_three_real_nodes_is_the_median_of_their_parameters(
-    tmp_path: Path, start_node: Callable[..., NodeProcess]
+    tmp_path: Path, start_node: Callable[..., NodeProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="researcher.aggregators")
     for i, n in enumerate((60, 90, 120)):
         csv = write_tabular_csv(tmp_path / f"node{i}.csv", *make_logistic_data(seed=i, n=n))
         start_node(f"node{i}", datasets=[("tab", ["#tab"], csv, "y")], approve=[LogisticPlan])
@@ -436,5 +438,9 @@ def test_median_over_three_real_nodes_is_the_median_of_their_parameters(
         for name, value in got.items():
             nodes = np.stack([np.asarray(r["params"][name]) for r in replies.values()])
             np.testing.assert_allclose(value, np.median(nodes, axis=0), rtol=1e-6)
-    leftovers = list(exp.experimentation_folder().glob("aggregator-spill-*"))
-    assert leftovers == []
+    folder = exp.experimentation_folder()
+    spilled = [r.getMessage() for r in caplog.records if "kept on disk" in r.getMessage()]
+    assert len(spilled) == 2 and all(
+        f"3 of 3 node updates were kept on disk in {folder}" in m for m in spilled
+    )
+    assert list(folder.glob("aggregator-spill-*")) == []

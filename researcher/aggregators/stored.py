@@ -8,6 +8,7 @@ SecAgg on parameters reveals only the sum, and these need each update.
 from __future__ import annotations
 
 import abc
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ __all__ = [
     "number_setting",
     "weighted_average",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Default memory for the round's updates, in MiB: 512 MiB holds e.g. 10 updates of a
 #: 13M-parameter float32 model; beyond it rows go to disk.
@@ -122,6 +125,15 @@ class StoredUpdatesAggregator(Aggregator):
         try:
             if not len(store):
                 raise RoundFailedError("no node reply to aggregate")
+            if store.on_disk:
+                log.info(
+                    "%s: %d of %d node updates were kept on disk in %s (memory_budget_mb = %g)",
+                    type(self).__name__,
+                    store.on_disk,
+                    len(store),
+                    store.spill_folder(),
+                    self.memory_budget_mb,
+                )
             result = self._combine(store)
             dtypes = store.dtypes
             return {
