@@ -246,6 +246,14 @@ def test_an_aggregator_over_its_memory_budget_spills_to_disk_with_identical_resu
         np.testing.assert_array_equal(on_disk[key], value)
 
 
+def test_a_huge_memory_budget_keeps_everything_in_memory() -> None:
+    replies = _replies(3, shapes=SMALL)
+    np.testing.assert_array_equal(
+        Median(memory_budget_mb=1e300).aggregate(replies)["b"],
+        np.median(_stacked(replies, "b"), axis=0),
+    )
+
+
 def test_a_failed_round_leaves_no_spill_folder_behind(tmp_path: Path) -> None:
     krum = Krum(f=1, memory_budget_mb=0)
     krum.use_scratch_folder(tmp_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -110,7 +111,7 @@ class StoredUpdatesAggregator(Aggregator):
             self._store.close()  # a failed round's updates
         self._store = UpdateStore(
             template,
-            budget_bytes=int(self.memory_budget_mb * (1 << 20)),
+            budget_bytes=int(min(self.memory_budget_mb * (1 << 20), sys.maxsize)),
             spill_parent=self._scratch,
         )
         self._shapes = {k: tuple(np.shape(v)) for k, v in template.items()}
