@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "AnalyticsError",
     "AuthenticationError",
     "ConfigurationError",
     "DatasetError",
@@ -68,3 +69,7 @@ class RoundFailedError(FedloomError):
 
 class SecaggError(FedloomError):
     """Secure aggregation cannot proceed: key, range, overflow or payload problem."""
+
+
+class AnalyticsError(FedloomError):
+    """A cohort-statistics query is invalid, or a node cannot or will not answer it."""

@@ -276,6 +276,27 @@ def cmd_dataset_remove(args: argparse.Namespace) -> int:
 
 
 @_command
+def cmd_dataset_min_cohort(args: argparse.Namespace) -> int:
+    """Show or set the smallest cohort a dataset's statistics are given about (node/analytics)."""
+    from node.analytics import CohortPolicy
+
+    policy = CohortPolicy(_home(args).db_path)
+    if args.size is not None:
+        policy.set_min_cohort(args.name, args.size)
+    size = policy.min_cohort(args.name)
+    if args.json:
+        _write_json({"dataset": args.name, "min_cohort": size})
+    else:
+        _console().print(
+            f"Dataset {args.name}: cohort statistics are refused below {size} non-missing values "
+            "per column (and complete rows for a correlation).",
+            markup=False,
+            soft_wrap=True,
+        )
+    return 0
+
+
+@_command
 def cmd_dataset_verify(args: argparse.Namespace) -> int:
     """Re-hash datasets and report those that changed since registration."""
     registry = DatasetRegistry(_home(args).db_path)
@@ -588,6 +609,13 @@ def register(
     update.add_argument("name")
     _add_json(update)
     update.set_defaults(func=cmd_dataset_update)
+    cohort = dataset_commands.add_parser(
+        "min-cohort", help="show or set the minimum cohort size for cohort statistics (default 10)"
+    )
+    cohort.add_argument("name")
+    cohort.add_argument("size", nargs="?", type=int, default=None, metavar="N", help="new minimum")
+    _add_json(cohort)
+    cohort.set_defaults(func=cmd_dataset_min_cohort)
     check = dataset_commands.add_parser(
         "verify", help="re-hash datasets; exit 1 if any changed since registration"
     )

@@ -169,6 +169,8 @@ class TaskHandler:
             return self._secagg_correction(task, task_dir)
         if kind in SECAGG_TASK_KINDS:
             return self._secagg.run(task)
+        if kind == "analytics":
+            return self._analytics(task, task_dir)
         if kind != "train":
             raise TaskRefused("UnsupportedTask", f"this node does not know task kind {kind!r}")
         train = task.train
@@ -299,6 +301,40 @@ class TaskHandler:
             round=task.round,
             ok=True,
             payload_id=payload_id,
+        )
+
+    def _analytics(self, task: pb.TaskRequest, task_dir: Path) -> pb.TaskReply:
+        """Cohort statistics of a registered dataset (node/analytics), uploaded as a payload."""
+        from common.payload import write_sections_file
+        from node.analytics import CohortPolicy, analytics_answer
+
+        request = task.analytics
+        record = self._dataset(request.dataset_name)
+        sections, n_rows = analytics_answer(
+            request,
+            record,
+            min_cohort=CohortPolicy(self.home.db_path).min_cohort(record.name),
+            fix=f"fedloom node --home {self.home.path} dataset min-cohort {record.name} N",
+            masker=lambda: self._secagg.participant.masker(request.secagg),
+        )
+        path = task_dir / "analytics.bin"
+        write_sections_file(path, sections)
+        payload_id = upload_payload_id(task)
+        upload_with_retry(self._stub, self.home.node_id, payload_id, path, self._upload_deadline)
+        secure = request.secagg.enabled
+        log.info(
+            "answered cohort statistics of %s over columns %s%s",
+            record.name,
+            list(request.columns),
+            " under SecAgg" if secure else "",
+        )
+        return pb.TaskReply(
+            task_id=task.task_id,
+            experiment_id=task.experiment_id,
+            round=task.round,
+            ok=True,
+            payload_id=payload_id,
+            n_samples=0 if secure else n_rows,  # under SecAgg the count travels masked only
         )
 
     @property

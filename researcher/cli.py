@@ -21,6 +21,7 @@ from rich.console import Console
 from common.constants import DEFAULT_PORT
 from common.errors import ConfigurationError, FedloomError
 from common.tags import tag_problem
+from researcher.analytics.cli import add_analytics_command
 from researcher.checkpoint import latest_checkpoint, read_checkpoint_state
 from researcher.config import ExperimentConfig, load_experiment_config
 from researcher.overrides import apply_overrides
@@ -143,6 +144,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--all", action="store_true", help="list every round (long runs are summarised)"
     )
     report.set_defaults(func=cmd_report)
+
+    add_analytics_command(rsub, _add_server_flags, _run_options)
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:

@@ -1052,6 +1052,112 @@ class SecaggCorrectionRequest(_message.Message):
 Global___SecaggCorrectionRequest: _TypeAlias = SecaggCorrectionRequest  # noqa: Y015
 
 @_typing.final
+class AnalyticsHistogram(_message.Message):
+    """---------------------------------------------------------- cohort statistics
+    Federated analytics before training (researcher/analytics, node/analytics): a node answers
+    with the sufficient statistics of its dataset's columns, uploaded as arrays (payload id
+    `reply-<task id>`), in clear (UNSPECIFIED section) or masked (SECAGG_SUMS) under SecAgg.
+
+    Bins of a histogram over one column: `bins` equal bins over [low, high].
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    BINS_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    low: _builtins.float
+    high: _builtins.float
+    bins: _builtins.int
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        low: _builtins.float = ...,
+        high: _builtins.float = ...,
+        bins: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bins", b"bins", "column", b"column", "high", b"high", "low", b"low"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnalyticsHistogram: _TypeAlias = AnalyticsHistogram  # noqa: Y015
+
+@_typing.final
+class AnalyticsRange(_message.Message):
+    """A declared value range: under SecAgg a column's values are clipped into it before summing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    low: _builtins.float
+    high: _builtins.float
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        low: _builtins.float = ...,
+        high: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "high", b"high", "low", b"low"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnalyticsRange: _TypeAlias = AnalyticsRange  # noqa: Y015
+
+@_typing.final
+class AnalyticsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_NAME_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    HISTOGRAMS_FIELD_NUMBER: _builtins.int
+    CORRELATION_FIELD_NUMBER: _builtins.int
+    RANGES_FIELD_NUMBER: _builtins.int
+    SECAGG_FIELD_NUMBER: _builtins.int
+    dataset_name: _builtins.str
+    correlation: _builtins.bool
+    """cross-products over rows complete in `columns`"""
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def histograms(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnalyticsHistogram]: ...
+    @_builtins.property
+    def ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnalyticsRange]:
+        """SecAgg only: one per column"""
+
+    @_builtins.property
+    def secagg(self) -> Global___SecaggContext:
+        """enabled = false: statistics travel in clear"""
+
+    def __init__(
+        self,
+        *,
+        dataset_name: _builtins.str = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+        histograms: _abc.Iterable[Global___AnalyticsHistogram] | None = ...,
+        correlation: _builtins.bool = ...,
+        ranges: _abc.Iterable[Global___AnalyticsRange] | None = ...,
+        secagg: Global___SecaggContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["secagg", b"secagg"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "correlation", b"correlation", "dataset_name", b"dataset_name", "histograms", b"histograms", "ranges", b"ranges", "secagg", b"secagg"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnalyticsRequest: _TypeAlias = AnalyticsRequest  # noqa: Y015
+
+@_typing.final
 class TaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1065,6 +1171,7 @@ class TaskRequest(_message.Message):
     SECAGG_SHARE_FIELD_NUMBER: _builtins.int
     SECAGG_UNMASK_FIELD_NUMBER: _builtins.int
     SECAGG_CONSISTENCY_FIELD_NUMBER: _builtins.int
+    ANALYTICS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     experiment_id: _builtins.str
     round: _builtins.int
@@ -1081,6 +1188,8 @@ class TaskRequest(_message.Message):
     def secagg_unmask(self) -> Global___SecaggUnmaskRequest: ...
     @_builtins.property
     def secagg_consistency(self) -> Global___SecaggConsistencyRequest: ...
+    @_builtins.property
+    def analytics(self) -> Global___AnalyticsRequest: ...
     def __init__(
         self,
         *,
@@ -1094,12 +1203,13 @@ class TaskRequest(_message.Message):
         secagg_share: Global___SecaggShareRequest | None = ...,
         secagg_unmask: Global___SecaggUnmaskRequest | None = ...,
         secagg_consistency: Global___SecaggConsistencyRequest | None = ...,
+        analytics: Global___AnalyticsRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "secagg_advertise", b"secagg_advertise", "secagg_consistency", b"secagg_consistency", "secagg_correction", b"secagg_correction", "secagg_share", b"secagg_share", "secagg_unmask", b"secagg_unmask", "train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["analytics", b"analytics", "kind", b"kind", "secagg_advertise", b"secagg_advertise", "secagg_consistency", b"secagg_consistency", "secagg_correction", b"secagg_correction", "secagg_share", b"secagg_share", "secagg_unmask", b"secagg_unmask", "train", b"train"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "kind", b"kind", "round", b"round", "secagg_advertise", b"secagg_advertise", "secagg_consistency", b"secagg_consistency", "secagg_correction", b"secagg_correction", "secagg_share", b"secagg_share", "secagg_unmask", b"secagg_unmask", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "train", b"train"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analytics", b"analytics", "experiment_id", b"experiment_id", "kind", b"kind", "round", b"round", "secagg_advertise", b"secagg_advertise", "secagg_consistency", b"secagg_consistency", "secagg_correction", b"secagg_correction", "secagg_share", b"secagg_share", "secagg_unmask", b"secagg_unmask", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "train", b"train"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["train", "secagg_correction", "secagg_advertise", "secagg_share", "secagg_unmask", "secagg_consistency"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["train", "secagg_correction", "secagg_advertise", "secagg_share", "secagg_unmask", "secagg_consistency", "analytics"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -64,6 +64,8 @@ class SecureRoundResult:
     param_sums: dict[str, np.ndarray] | None  # None when parameters travel in clear
     total_samples: float | None
     aux: dict[str, Any] = field(default_factory=dict)
+    #: Every unmasked sum by mask label (what cohort statistics read; rounds use the above).
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class SecureRoundSession:
@@ -340,7 +342,7 @@ class SecureRoundSession:
                     summed = sums[sums_label(value.masked_array)]
                     fields[field_name] = float(summed) if summed.ndim == 0 else summed
             aux[module] = build_aux_var(layout.type_name, fields)
-        return SecureRoundResult(param_sums, total_samples, aux)
+        return SecureRoundResult(param_sums, total_samples, aux, sums)
 
     # -- helpers ---------------------------------------------------------------------------
     def _task(self, timeout: float, **kind: Any) -> pb.TaskRequest:
