@@ -133,8 +133,10 @@ def build_statistics(
     quantiles: Sequence[float],
     secagg: bool,
     failures: dict[str, str],
+    sum_error: float = 0.0,
 ) -> CohortStatistics:
-    """The typed result of a pooled query."""
+    """The typed result of a pooled query; ``sum_error`` bounds each SecAgg sum's
+    fixed-point error in units of the declared range."""
     columns: dict[str, ColumnStatistics] = {}
     for index, name in enumerate(query.columns):
         n = int(moments.n[index])
@@ -188,7 +190,9 @@ def build_statistics(
     if secagg:
         notes.append(
             "SecAgg: only sums over the nodes were revealed; values were clipped into each "
-            "column's declared range before summing, and min/max show that range."
+            "column's declared range before summing, and min/max show that range. Fixed-point "
+            f"error: each sum is within {sum_error:.2g} of exact in units of the declared range, "
+            "so a mean is within (range width) x that / count."
         )
     if quantiles:
         notes.append(

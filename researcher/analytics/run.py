@@ -181,6 +181,7 @@ def run_query(
         quantiles=quantiles,
         secagg=secagg,
         failures=failures,
+        sum_error=secure_settings().sum_error_bound(len(nodes)) if secagg else 0.0,
     )
 
 
