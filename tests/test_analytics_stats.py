@@ -252,3 +252,30 @@ def test_npz_with_one_dimensional_arrays_serves_columns(tmp_path: Path) -> None:
 
 def _no_masker() -> object:
     raise AssertionError("a clear query must not ask for a SecAgg masker")
+
+
+def test_medical_folder_demographics_serve_statistics_per_subject(tmp_path: Path) -> None:
+    from tests.medical_data import write_cohort as write_medical_folder
+
+    root = write_medical_folder(tmp_path / "mri", n_subjects=12, shape=(2, 2, 2), dicom=False)
+    with open(root / "participants.csv", "a") as fh:
+        fh.write("sub-999,99,1\n")  # a row without a subject folder is not a subject
+    registry = DatasetRegistry(tmp_path / "node.db")
+    registry.add("mri", ["#mri"], root, data_type="medical-folder")
+    request = AnalyticsQuery(("age", "label")).to_request("mri")
+    sections, rows = analytics_answer(
+        request, registry.get("mri"), min_cohort=10, fix="CMD", masker=_no_masker
+    )
+    (arrays,) = sections.values()
+    assert rows == 12
+    assert arrays["mean"].tolist() == pytest.approx([np.mean(np.arange(40, 52)), 0.5])
+    with pytest.raises(
+        AnalyticsError, match="no column 'bmi'; its numeric columns are 'age', 'label'"
+    ):
+        analytics_answer(
+            AnalyticsQuery(("bmi",)).to_request("mri"),
+            registry.get("mri"),
+            min_cohort=10,
+            fix="CMD",
+            masker=_no_masker,
+        )

@@ -2,9 +2,9 @@
 
 One reader per dataset type, registered by name (``TABLE_READERS``); a type without one
 (``images``) has no tabular columns and is refused with that reason. ``csv``: every column;
-``npz``: every one-dimensional array is a column; ``npy``: a structured array's fields.
-A dataset type that serves per-subject tables (e.g. the demographics of a medical folder)
-plugs in with ``register_table_reader("medical-folder", reader)``.
+``npz``: every one-dimensional array is a column; ``npy``: a structured array's fields;
+``medical-folder``: the per-subject demographics table (one row per subject folder).
+Another type that serves a table plugs in with ``register_table_reader(type, reader)``.
 """
 
 from __future__ import annotations
@@ -61,8 +61,20 @@ def _read_npy(record: DatasetRecord) -> pd.DataFrame:
     return pd.DataFrame({name: array[name] for name in array.dtype.names})
 
 
+def _read_demographics(record: DatasetRecord) -> pd.DataFrame:
+    # One row per subject that has a folder; the subject id is the index, not a column.
+    from common.datasets.medical_folder import demographics_table
+
+    return demographics_table(record)
+
+
 #: Table reader of each dataset type that has one, by type name.
-TABLE_READERS: dict[str, TableReader] = {"csv": _read_csv, "npz": _read_npz, "npy": _read_npy}
+TABLE_READERS: dict[str, TableReader] = {
+    "csv": _read_csv,
+    "npz": _read_npz,
+    "npy": _read_npy,
+    "medical-folder": _read_demographics,
+}
 
 
 def register_table_reader(data_type: str, reader: TableReader) -> None:
