@@ -258,12 +258,3 @@ def test_cli_prints_a_table_and_json(tmp_path: Path, start_node: Any) -> None:
     assert (age["min"], age["max"]) == (0.0, 100.0)
     assert set(age["quantiles"]) == {"0.5"}
     assert result["correlation"]["columns"] == ["age", "bmi"]
-
-
-def test_cli_refuses_secagg_without_declared_ranges() -> None:
-    done = run_fedloom(
-        "researcher", "analytics", "--tags", "#cohort", "--columns", "age", "--secagg",
-        "--insecure", "--address", f"127.0.0.1:{free_port()}",
-    )  # fmt: skip
-    assert done.returncode == 1
-    assert "needs a declared range" in done.stderr and "--range COLUMN=LOW:HIGH" in done.stderr

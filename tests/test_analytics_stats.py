@@ -1,5 +1,6 @@
 """Cohort statistics without a network: node-side sufficient statistics, pooling, quantiles,
-query validation and the node's refusals (unknown or text column, minimum cohort)."""
+query validation, the node's refusals (unknown or text column, minimum cohort), tables of npz
+and medical-folder datasets, and the CLI's refusal of SecAgg without declared ranges."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from common.analytics import (
 )
 from common.errors import AnalyticsError, DatasetError, PayloadError
 from common.secagg import FixedPoint
+from fedloom.cli import main
 from node.analytics import DEFAULT_MIN_COHORT, CohortPolicy, analytics_answer, numeric_columns
 from node.registry import DatasetRegistry
 from researcher.analytics import CohortStatistics
@@ -25,6 +27,7 @@ from researcher.analytics.pooling import pool_clear, pool_secure
 from researcher.analytics.result import build_statistics, histogram_quantile
 from researcher.analytics.run import ANALYTICS_CLIP, ANALYTICS_FRACTION_BITS
 from tests.analytics_data import NUMERIC, cohort_table, write_cohort
+from tests.conftest import free_port
 
 QUERY = AnalyticsQuery(
     columns=NUMERIC,
@@ -279,3 +282,15 @@ def test_medical_folder_demographics_serve_statistics_per_subject(tmp_path: Path
             fix="CMD",
             masker=_no_masker,
         )
+
+
+def test_cli_refuses_secagg_without_declared_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "researcher", "analytics", "--tags", "#cohort", "--columns", "age", "--secagg",
+            "--insecure", "--address", f"127.0.0.1:{free_port()}",
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "needs a declared range" in err and "--range COLUMN=LOW:HIGH" in err
