@@ -222,6 +222,14 @@ def test_nodes_refuse_unknown_and_text_columns_and_cohorts_below_their_minimum(
     assert "minimum cohort size of 100" in reason
     assert f"fedloom node --home {node_b.home} dataset min-cohort cohort N" in reason
     assert stats.columns["age"].mean == pytest.approx(table_a["age"].mean(), rel=1e-12)
+    # Under SecAgg a sum over the one node left would be that node's: the query fails, and
+    # says why the other node stayed out.
+    with pytest.raises(
+        AnalyticsError, match=r"below the threshold t=2.*minimum cohort size of 100"
+    ):
+        cohort_statistics(
+            tags=TAGS, columns=["age"], ranges=["age=0:100"], secagg=True, min_nodes=2
+        )
 
     with pytest.raises(
         AnalyticsError, match=r"no column 'weight'; its numeric columns are 'age', 'bmi', 'sbp'"

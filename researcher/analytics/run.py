@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from common.analytics import AnalyticsQuery, HistogramSpec, ValueRange
-from common.errors import AnalyticsError, NoMatchingNodesError
+from common.errors import AnalyticsError, NoMatchingNodesError, RoundFailedError
 from common.proto import fedloom_pb2 as pb
 from common.secagg import SecureAggregation
 from common.secagg.protect import mask_label
@@ -240,7 +240,12 @@ def _secure_exchange(
     for node in requests:
         if node not in holders and node not in result.answered:
             failures.setdefault(labels[node], "dropped out of the SecAgg setup")
-    unmasked = session.unmask(exchange, result.answered, timeout)
+    try:
+        unmasked = session.unmask(exchange, result.answered, timeout)
+    except RoundFailedError as exc:
+        # The session knows who is missing; the nodes' own reasons are here.
+        reasons = "; ".join(f"{node}: {why}" for node, why in sorted(failures.items()))
+        raise AnalyticsError(f"{exc} Node answers: {reasons or 'none failed'}") from exc
     prefix = mask_label(pb.PAYLOAD_SECTION_SECAGG_SUMS, "")
     sums = {label.removeprefix(prefix): total for label, total in unmasked.sums.items()}
     return sums, [labels[n] for n in result.answered], failures
