@@ -6,10 +6,13 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.constants import DEFAULT_ROUND_TIMEOUT
 from common.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from common.privacy.node_level import NodeLevelDP
 
 __all__ = ["TrainingArgs"]
 
@@ -35,8 +38,11 @@ class TrainingArgs:
     dry_run: bool = False
     log_interval: int = 10
     round_timeout: float = DEFAULT_ROUND_TIMEOUT
+    dp: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.dp is not None:
+            self._check_dp()
         if self.epochs is not None and self.num_updates is not None:
             raise ConfigurationError(
                 "training_args sets both 'epochs' and 'num_updates': keep only one of them"
@@ -70,6 +76,23 @@ class TrainingArgs:
             raise ConfigurationError(
                 f"training_args['round_timeout'] must be a positive number of seconds, got {self.round_timeout!r}"
             )
+
+    def _check_dp(self) -> None:
+        """The dp block: node-level DP is parsed here; other types are checked by their owner."""
+        if not isinstance(self.dp, Mapping) or "type" not in self.dp:
+            raise ConfigurationError(
+                "training_args['dp'] must be a dict with a 'type' ('node' for node-level DP)"
+            )
+        self.node_dp  # noqa: B018 - parsing is the check
+
+    @property
+    def node_dp(self) -> NodeLevelDP | None:
+        """The node-level DP settings (common.privacy.NodeLevelDP), or None without them."""
+        if self.dp is None or self.dp.get("type") != "node":
+            return None
+        from common.privacy.node_level import parse_node_dp
+
+        return parse_node_dp(self.dp)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | TrainingArgs | None) -> TrainingArgs:

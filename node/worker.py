@@ -225,12 +225,15 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
     )
 
 
-def _mask_reply(task: pb.WorkerTask, result: pb.WorkerResult, payload: Path) -> None:
+def _mask_reply(
+    task: pb.WorkerTask, result: pb.WorkerResult, payload: Path, global_digest: str | None
+) -> None:
     """Mask the plan's clear reply for secure aggregation (see common.secagg.protect)."""
     from common.optimizers.aux_codec import decode_aux_vars
     from common.payload import read_payload_file, write_sections_file
     from common.secagg import CorrectionLedger, NodeMasker, load_or_create_keypair
     from common.secagg.protect import context_settings, protect_node_reply
+    from common.training_args import TrainingArgs
 
     sections = read_payload_file(payload).sections()
     params = sections.get(pb.PAYLOAD_SECTION_PARAMS, {})
@@ -254,8 +257,18 @@ def _mask_reply(task: pb.WorkerTask, result: pb.WorkerResult, payload: Path) -> 
             settings,
             ledger=CorrectionLedger(Path(task.ledger_path)),
         )
+    n_samples = int(result.n_samples)
+    node_dp = TrainingArgs.from_json(task.training_args_json).node_dp
+    if node_dp is not None:
+        from node.node_dp import privatize_reply
+
+        # Here in the supervisor, not in the plan process: the plan cannot skip its noise.
+        params = privatize_reply(
+            task, global_digest, params, aux, node_dp, settings, len(masker.participants)
+        )
+        n_samples = 1  # DP-FedAvg: uniform node weights, a sample count would leak
     out_sections, aux_out = protect_node_reply(
-        masker, params, int(result.n_samples), aux, protect_parameters=settings.protect_parameters
+        masker, params, n_samples, aux, protect_parameters=settings.protect_parameters
     )
     write_sections_file(Path(task.reply_payload_path), out_sections)
     result.aux_vars.CopyFrom(aux_out)
@@ -339,7 +352,11 @@ def _plan_process(task: pb.WorkerTask) -> None:
 
 
 def _plan_outcome(
-    task: pb.WorkerTask, status: int, elapsed: float, oom_before: int | None
+    task: pb.WorkerTask,
+    status: int,
+    elapsed: float,
+    oom_before: int | None,
+    global_digest: str | None = None,
 ) -> pb.WorkerResult:
     """The task's WorkerResult, from the plan's result file or from how its process ended."""
     scratch = Path(task.scratch_dir)
@@ -353,7 +370,7 @@ def _plan_outcome(
         if not result.ok:
             return result
         if task.secagg.enabled:
-            _mask_reply(task, result, scratch / PLAN_PAYLOAD)
+            _mask_reply(task, result, scratch / PLAN_PAYLOAD, global_digest)
         else:
             _check_payload(scratch / PLAN_PAYLOAD)
             os.replace(scratch / PLAN_PAYLOAD, task.reply_payload_path)
@@ -385,6 +402,13 @@ def _supervise(task_path: Path) -> None:
     become_subreaper()
     set_parent_death_signal(signal.SIGTERM)  # the zygote died: clean up and go
     task = read_worker_task(task_path)
+    # Under node-level DP the update is taken against these global parameters: pin them
+    # before the plan, which may write to its scratch folder, runs.
+    global_digest = None
+    if task.secagg.enabled:
+        from node.node_dp import global_params_digest
+
+        global_digest = global_params_digest(task)
     oom_before = oom_kill_count()
     started = time.monotonic()
     pid = os.fork()
@@ -404,7 +428,9 @@ def _supervise(task_path: Path) -> None:
     leftovers = kill_descendants()
     if leftovers:
         log.warning("stopped %d process(es) the training plan left running", leftovers)
-    write_message(Path(task.result_path), _plan_outcome(task, status, elapsed, oom_before))
+    write_message(
+        Path(task.result_path), _plan_outcome(task, status, elapsed, oom_before, global_digest)
+    )
 
 
 def _serve_forks() -> None:

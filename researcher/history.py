@@ -2,7 +2,9 @@
 
 Each line of metrics.jsonl is one node's part in one round (`round`, `node`, `node_name`,
 `n_samples`, `loss`, `metrics`, `train_seconds`, `n_steps`, `round_seconds`, `time`) or one
-failure (`round`, `node`, `failed`). TensorBoard event files are written alongside when the
+failure (`round`, `node`, `failed`), and under node-level DP one line per round with the
+`node_dp_*` fields of `researcher.privacy.NodeDPRound` (`node_dp_epsilon` is cumulative,
+at `node_dp_delta`). TensorBoard event files are written alongside when the
 `tensorboard` package is installed.
 """
 
@@ -17,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from researcher.privacy.accountant import NodeDPRound
 
 __all__ = [
     "METRICS_FILE",
@@ -58,6 +62,7 @@ class RoundRecord:
     nodes: list[NodeRoundRecord] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    node_dp: NodeDPRound | None = None
 
     @property
     def mean_loss(self) -> float | None:
@@ -90,6 +95,7 @@ class RoundRecord:
             "failures": dict(self.failures),
             "seconds": self.seconds,
             "mean_loss": self.mean_loss,
+            **({"node_dp": self.node_dp.to_dict()} if self.node_dp is not None else {}),
         }
 
     @classmethod
@@ -99,6 +105,7 @@ class RoundRecord:
             nodes=[NodeRoundRecord(**n) for n in data["nodes"]],
             failures=dict(data["failures"]),
             seconds=float(data["seconds"]),
+            node_dp=NodeDPRound.from_dict(data["node_dp"]) if data.get("node_dp") else None,
         )
 
 
@@ -120,6 +127,9 @@ class MetricsLog:
                     {"round": record.round, "node": node_id, "failed": reason}, sort_keys=True
                 )
             )
+        if record.node_dp is not None:
+            row = {"round": record.round, "time": time.time(), **record.node_dp.to_dict()}
+            lines.append(json.dumps(row, sort_keys=True))
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write("".join(line + "\n" for line in lines))
             fh.flush()
@@ -174,6 +184,9 @@ def rounds_from_rows(rows: Sequence[Mapping[str, Any]]) -> list[RoundRecord]:
         if "failed" in row:
             record.failures[str(row["node"])] = str(row["failed"])
             continue
+        if "node_dp_epsilon" in row:
+            record.node_dp = NodeDPRound.from_dict(dict(row))
+            continue
         record.nodes.append(NodeRoundRecord(**{k: row[k] for k in _NODE_FIELDS}))
         record.seconds = float(row.get("round_seconds", record.seconds))
     return [records[r] for r in sorted(records)]
@@ -215,6 +228,8 @@ class TensorBoardLog:
         self._writer.add_scalar("nodes/answered", len(record.nodes), step)
         self._writer.add_scalar("nodes/failed", len(record.failures), step)
         self._writer.add_scalar("round/seconds", record.seconds, step)
+        if record.node_dp is not None:
+            self._writer.add_scalar("privacy/node_dp_epsilon", record.node_dp.epsilon, step)
         self._writer.flush()
 
     def close(self) -> None:

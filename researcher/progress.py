@@ -51,6 +51,14 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def _fmt_privacy(record: RoundRecord) -> str:
+    """ ", node-level DP ε=... (δ=...)" after a round under node-level DP, else ""."""
+    if record.node_dp is None:
+        return ""
+    dp = record.node_dp
+    return f", node-level DP ε={dp.epsilon:.3g} (δ={dp.delta:g})"
+
+
 def _fmt_loss(loss: float | None) -> str:
     return "n/a" if loss is None else f"{loss:.4f}"
 
@@ -253,12 +261,13 @@ class LogProgress(ProgressReporter):
     def round_finished(self, record: RoundRecord) -> None:
         super().round_finished(record)
         log.info(
-            "round %d/%d done: %d/%d node(s) answered, mean train loss %s, %s, ETA %s",
+            "round %d/%d done: %d/%d node(s) answered, mean train loss %s%s, %s, ETA %s",
             record.round,
             self.state.last_round,
             len(record.nodes),
             len(record.nodes) + len(record.failures),
             _fmt_loss(record.mean_loss),
+            _fmt_privacy(record),
             format_duration(record.seconds),
             format_duration(self.state.eta()),
         )
@@ -341,7 +350,8 @@ class RichProgress(ProgressReporter):
         failed = f", {len(record.failures)} failed" if record.failures else ""
         self._console.print(
             f"round {record.round}: {len(record.nodes)}/{len(record.nodes) + len(record.failures)} "
-            f"answered{failed}, mean train loss {_fmt_loss(record.mean_loss)}, "
+            f"answered{failed}, mean train loss {_fmt_loss(record.mean_loss)}"
+            f"{_fmt_privacy(record)}, "
             f"{format_duration(record.seconds)}",
             markup=False,
             highlight=False,

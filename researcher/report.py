@@ -67,6 +67,8 @@ class RoundSummary:
     mean_loss: float | None
     metrics: dict[str, float]
     seconds: float
+    #: Node-level DP's δ (its cumulative ε is the metric node_dp_epsilon), None without it.
+    privacy_delta: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,7 @@ class RoundSummary:
             "mean_loss": self.mean_loss,
             "metrics": dict(self.metrics),
             "seconds": self.seconds,
+            **({"node_dp_delta": self.privacy_delta} if self.privacy_delta is not None else {}),
         }
 
 
@@ -105,11 +108,19 @@ def summarize(records: list[RoundRecord]) -> list[RoundSummary]:
             answered=len(r.nodes),
             failed=len(r.failures),
             mean_loss=r.mean_loss,
-            metrics=r.mean_metrics(),
+            metrics={**r.mean_metrics(), **_privacy_columns(r)},
             seconds=r.seconds,
+            privacy_delta=None if r.node_dp is None else r.node_dp.delta,
         )
         for r in records
     ]
+
+
+def _privacy_columns(record: RoundRecord) -> dict[str, float]:
+    """Node-level DP's cumulative ε after this round (at its δ), shown as a column."""
+    if record.node_dp is None:
+        return {}
+    return {"node_dp_epsilon": record.node_dp.epsilon}
 
 
 def print_summary(
@@ -158,6 +169,12 @@ def print_summary(
         notes.append(
             f"{BEST_MARK} best round: {best.round}, lowest {TRAIN_LOSS_LABEL} "
             f"{format_number(best.mean_loss)}"
+        )
+    deltas = sorted({s.privacy_delta for s in summaries if s.privacy_delta is not None})
+    if deltas:
+        notes.append(
+            "node_dp_epsilon: node-level DP's cumulative ε after the round, at δ = "
+            + ", ".join(f"{d:g}" for d in deltas)
         )
     for note in notes:
         console.print(note, markup=False, highlight=False, soft_wrap=True)

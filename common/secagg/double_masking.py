@@ -46,6 +46,8 @@ class DoubleMasker:
         self._self_seed = self_seed
         self._codec = settings.codec
         self._on_masked = on_masked
+        #: Every node this one masks toward, and itself (node-level DP splits its noise by it).
+        self.participants = tuple(sorted({*peer_mask_keys, node_id}))
         self._pairs = {
             peer: agree(mask_keys, my_id=node_id, peer_id=peer, peer_public=public)
             for peer, public in peer_mask_keys.items()

@@ -39,6 +39,7 @@ from researcher.history import METRICS_FILE, MetricsLog, RoundRecord, TensorBoar
 from researcher.optimization import check_optimizer_pairing
 from researcher.plan_loader import load_plan_class
 from researcher.plan_probe import PlanDetails, PlanFile, probe_plan
+from researcher.privacy import node_dp_setup
 from researcher.progress import ProgressReporter, make_progress
 from researcher.round_params import AggregatedParams, NodeParamsStore
 from researcher.rounds import GrpcExchange, PlanInfo, RoundSetup, run_round
@@ -751,12 +752,22 @@ class Experiment:
             check_secagg_configuration(state.secagg, state.aggregator)
         state.aggregator.use_scratch_folder(self.experimentation_folder())
         assert state.plan is not None
+        training_args, accountant = node_dp_setup(
+            state.training_args,
+            state.secagg,
+            supports_secure_sum=state.aggregator.supports_secure_sum,
+            aux_modules=state.researcher_optimizer.optimizer.aux_var_names
+            if state.researcher_optimizer is not None
+            else (),
+            round_limit=state.round_limit,
+            history=state.history,
+        )
         return RoundSetup(
             experiment_id=state.experiment_id,
             plan=state.plan,
             tags=tuple(state.tags),
             nodes=None if state.nodes is None else tuple(state.nodes),
-            training_args=state.training_args,
+            training_args=training_args,
             model_args=dict(state.model_args),
             node_wait_timeout=self._node_wait_timeout,
             aggregator=state.aggregator,
@@ -764,6 +775,7 @@ class Experiment:
             optimizer=state.researcher_optimizer,
             secagg=state.secagg,
             trainable=frozenset(details.trainable),
+            node_dp=accountant,
         )
 
     def _save_final(self) -> None:

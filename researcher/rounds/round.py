@@ -25,6 +25,7 @@ from common.training_args import TrainingArgs
 from researcher.aggregators import Aggregator
 from researcher.history import NodeRoundRecord, RoundRecord
 from researcher.optimization import ResearcherOptimizer
+from researcher.privacy import NodeDPAccountant
 from researcher.rounds.aggregation import (
     ClearAggregation,
     RoundAggregation,
@@ -67,6 +68,8 @@ class RoundSetup:
     optimizer: ResearcherOptimizer | None
     secagg: SecaggSettings | None
     trainable: frozenset[str]
+    #: Node-level DP's accountant (training_args["dp"] type "node"), None without it.
+    node_dp: NodeDPAccountant | None = None
 
 
 class RoundListener(Protocol):
@@ -195,6 +198,13 @@ def run_round(
         outcome.answered, {labels.get(k, k): v for k, v in outcome.failures.items()}
     )
     aggregate = aggregation.finish(exchange, outcome.answered, deadline)
+    if setup.node_dp is not None:
+        record.node_dp = setup.node_dp.charge(
+            eligible=len(eligible),
+            participants=len(selected),
+            survivors=len(outcome.answered),
+            dimension=sum(int(np.size(v)) for v in global_params.values()),
+        )
     new_params = global_update(global_params, aggregate, setup.optimizer, setup.trainable)
     return RoundResult(new_params, record, replies)
 
