@@ -14,8 +14,10 @@ from researcher.strategies.default_strategy import DefaultStrategy
 from tests.conftest import wait_for_nodes, write_tabular_csv
 from tests.plans.tabular import LogisticPlan, make_logistic_data
 
-ROUNDS = 3
-NODE_DP = {"type": "node", "clip": 0.5, "noise_multiplier": 1.0, "delta": 1e-5}
+ROUNDS = 2
+#: Noise of standard deviation 5 * 0.5 / 3 nodes ~ 0.8 per weight of a 5-weight model: the
+#: chance it lands the model nearer the optimum than clear FedAvg is negligible.
+NODE_DP = {"type": "node", "clip": 0.5, "noise_multiplier": 5.0, "delta": 1e-5}
 
 
 def _experiment(dp, folder):
@@ -54,7 +56,7 @@ def test_node_dp_loss_curve_sits_above_the_clear_one_and_epsilon_is_reported(tmp
     assert all(r is not None for r in records)
     epsilons = [r.epsilon for r in records]
     assert epsilons == sorted(epsilons) and epsilons[0] > 0
-    assert records[-1].noise_multiplier == pytest.approx(1.0, rel=1e-9)
+    assert records[-1].noise_multiplier == pytest.approx(5.0, rel=1e-9)
     assert records[-1].survivors == 3 and records[-1].sample_rate == 1.0
     for reply in private.training_replies()[1].values():
         assert reply["sample_size"] == 0  # uniform weights; no sample count travels
@@ -64,7 +66,7 @@ def test_node_dp_loss_curve_sits_above_the_clear_one_and_epsilon_is_reported(tmp
         for line in (private.experimentation_folder() / "metrics.jsonl").read_text().splitlines()
     ]
     dp_rows = [row for row in rows if "node_dp_epsilon" in row]
-    assert [row["round"] for row in dp_rows] == [1, 2, 3]
+    assert [row["round"] for row in dp_rows] == [1, 2]
     assert dp_rows[-1]["node_dp_epsilon"] == pytest.approx(epsilons[-1])
     assert dp_rows[-1]["node_dp_delta"] == 1e-5
     summary = summarize(load_history(private.experimentation_folder()))

@@ -4,6 +4,7 @@ sum, what one node's upload reveals, the sampler, and the refusals."""
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 import pytest
@@ -254,3 +255,53 @@ def test_distributed_bound_charges_the_sum_divergence_only_for_tiny_shares():
     assert distributed_zcdp_epsilon(1000.0, 800.0, 4, 10**6) == pytest.approx(1000 / (2 * 800))
     # Shares of sigma 0.3: a sum of discrete Gaussians is far from one, and the bound says so.
     assert distributed_zcdp_epsilon(1.0, 0.3, 4, 100) > 1 / (2 * 0.3) * 1.5
+
+
+def test_toml_experiments_take_the_block_as_a_training_args_dp_table(tmp_path):
+    from researcher.config import load_experiment_config
+
+    path = tmp_path / "experiment.toml"
+    text = """\
+        tags = ["#tab"]
+        rounds = 2
+        secagg = true
+        [plan]
+        file = "plan.py"
+        class = "P"
+        [training_args.dp]
+        type = "node"
+        clip = 0.5
+        {key} = 1.0
+        """
+    (tmp_path / "plan.py").write_text("class P: ...\n")
+    path.write_text(textwrap.dedent(text.format(key="noise_multiplier")))
+    config = load_experiment_config(path)
+    assert TrainingArgs.from_dict(config.training_args).node_dp == NodeLevelDP(0.5, 1.0)
+    path.write_text(textwrap.dedent(text.format(key="noise")))
+    with pytest.raises(ConfigurationError, match=r"experiment.toml.*unknown key.*noise"):
+        load_experiment_config(path)
+
+
+def test_node_refuses_an_update_measured_against_a_global_model_the_plan_rewrote(tmp_path):
+    """A plan could rewrite the downloaded global parameters in its scratch folder so its
+    'update' is tiny while its upload carries anything: the supervisor pins them first."""
+    from common.payload import write_sections_file
+    from node.node_dp import global_params_digest, privatize_reply
+
+    global_params, trained = _updates(1)
+    path = tmp_path / "global.bin"
+    write_sections_file(path, {pb.PAYLOAD_SECTION_PARAMS: global_params})
+    dp_block = {"type": "node", "clip": 0.2, "noise_multiplier": 1.0}
+    task = pb.WorkerTask(
+        global_payload_path=str(path), training_args_json=TrainingArgs(dp=dp_block).to_json()
+    )
+    digest = global_params_digest(task)
+    settings = SecureAggregation(fraction_bits=FRACTION_BITS, clip=1e4)
+    dp = parse_node_dp(dp_block)
+    noisy = privatize_reply(task, digest, trained[0], {}, dp, settings, 3)
+    assert set(noisy) == set(SHAPES)
+    write_sections_file(path, {pb.PAYLOAD_SECTION_PARAMS: trained[0]})  # the plan's forgery
+    with pytest.raises(SecaggError, match="global parameters file changed"):
+        privatize_reply(task, digest, trained[0], {}, dp, settings, 3)
+    with pytest.raises(SecaggError, match="aux vars"):
+        privatize_reply(task, digest, trained[0], {"scaffold": object()}, dp, settings, 3)
