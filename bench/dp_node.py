@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -46,20 +47,20 @@ def main() -> None:
         values = rng.normal(0, 0.1, size=size)
         seeds = [(bytes(range(16)), 1), (bytes(range(1, 17)), -1)]
         masked = best_cpu(
-            lambda: mask(values, seeds, settings.codec, node_id="n", name="p"), args.repeats
+            partial(mask, values, seeds, settings.codec, node_id="n", name="p"), args.repeats
         )
         print(f"size {size:>9,}: mask {masked * 1e3:8.1f} ms")
         for sigma in args.sigmas:
-            sampled = best_cpu(lambda: sample_discrete_gaussian(sigma, size), args.repeats)
+            sampled = best_cpu(partial(sample_discrete_gaussian, sigma, size), args.repeats)
             print(
-                f"  sample sigma {sigma:8.3g}: {sampled * 1e3:8.1f} ms  ({sampled / masked:5.1f}x mask)"
+                f"  sample sigma {sigma:8.3g}: {sampled * 1e3:8.1f} ms "
+                f"({sampled / masked:5.1f}x mask)"
             )
-        trained = {"w": values + rng.normal(0, 0.01, size=size)}
-        start = {"w": values}
         private = best_cpu(
-            lambda: privatize_update(
-                trained,
-                start,
+            partial(
+                privatize_update,
+                {"w": values + rng.normal(0, 0.01, size=size)},
+                {"w": values},
                 dp,
                 noise_shares=3,
                 fraction_bits=settings.fraction_bits,
@@ -68,7 +69,8 @@ def main() -> None:
             args.repeats,
         )
         print(
-            f"  privatize (z=1, C=1, 3 nodes): {private * 1e3:8.1f} ms  ({private / masked:5.1f}x mask)"
+            f"  privatize (z=1, C=1, 3 nodes): {private * 1e3:8.1f} ms "
+            f"({private / masked:5.1f}x mask)"
         )
 
 
