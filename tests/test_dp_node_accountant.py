@@ -8,6 +8,7 @@ import pytest
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
+from common.errors import ConfigurationError
 from common.privacy import NodeLevelDP
 from common.secagg import SecureAggregation
 from common.training_args import TrainingArgs
@@ -22,6 +23,20 @@ from researcher.privacy import (
 from researcher.privacy.accountant import RDP_ORDERS
 
 DIMENSION = 100_000
+
+
+def _dp_round(*, sample_rate: float, noise_multiplier: float) -> NodeDPRound:
+    return NodeDPRound(
+        sample_rate=sample_rate,
+        noise_multiplier=noise_multiplier,
+        survivors=2,
+        noise_shares=3,
+        delta=1e-5,
+        round_epsilon=0.7,
+        epsilon=1.9,
+    )
+
+
 FRACTION_BITS = 30
 
 
@@ -94,18 +109,7 @@ def test_setup_resolves_the_block_sent_to_nodes_and_resumes_the_accountant():
     args = TrainingArgs.from_dict(
         {"dp": {"type": "node", "clip": 0.5, "target_epsilon": 4.0, "delta": 1e-5}}
     )
-    past = RoundRecord(
-        round=1,
-        node_dp=NodeDPRound(
-            sample_rate=1.0,
-            noise_multiplier=1.0,
-            survivors=3,
-            noise_shares=3,
-            delta=1e-5,
-            round_epsilon=1.0,
-            epsilon=1.0,
-        ),
-    )
+    past = RoundRecord(round=1, node_dp=_dp_round(sample_rate=1.0, noise_multiplier=1.0))
     sent, accountant = node_dp_setup(
         args,
         SecureAggregation(),
@@ -119,7 +123,7 @@ def test_setup_resolves_the_block_sent_to_nodes_and_resumes_the_accountant():
     record = accountant.charge(eligible=3, participants=3, survivors=3, dimension=DIMENSION)
     z = sent.node_dp.z
     assert record.epsilon == pytest.approx(cumulative_epsilon([(1.0, 1.0), (1.0, z)], 1e-5))
-    with pytest.raises(Exception, match="round limit"):
+    with pytest.raises(ConfigurationError, match="round limit"):
         node_dp_setup(
             args,
             SecureAggregation(),
@@ -131,15 +135,7 @@ def test_setup_resolves_the_block_sent_to_nodes_and_resumes_the_accountant():
 
 
 def test_node_dp_rows_survive_metrics_jsonl_and_checkpoints(tmp_path):
-    dp_round = NodeDPRound(
-        sample_rate=0.5,
-        noise_multiplier=1.1,
-        survivors=2,
-        noise_shares=3,
-        delta=1e-5,
-        round_epsilon=0.7,
-        epsilon=1.9,
-    )
+    dp_round = _dp_round(sample_rate=0.5, noise_multiplier=1.1)
     record = RoundRecord(round=4, seconds=1.0, node_dp=dp_round)
     log = MetricsLog(tmp_path / "metrics.jsonl")
     log.append(record)
