@@ -25,7 +25,9 @@ class TrainingArgs:
     (batches), cycling over the data as needed. `random_seed` makes batching and torch
     initialisation deterministic; None lets each node draw its own. `log_interval`: the
     node logs the training loss every that many local steps (relayed to the researcher);
-    0 turns it off.
+    0 turns it off. `dp`: a differential-privacy block, e.g. node-level DP under SecAgg
+    ``{"type": "node", "clip": C, "noise_multiplier": z, "delta": d}``
+    (common.privacy.NodeLevelDP; the `node_dp` property parses it).
     """
 
     epochs: int | None = None

@@ -143,3 +143,26 @@ def test_node_dp_rows_survive_metrics_jsonl_and_checkpoints(tmp_path):
     assert rows[0]["node_dp_epsilon"] == 1.9 and rows[0]["node_dp_delta"] == 1e-5
     assert rounds_from_rows(rows)[0].node_dp == dp_round
     assert RoundRecord.from_dict(record.to_dict()).node_dp == dp_round
+
+
+def test_the_progress_display_and_report_show_epsilon(caplog, tmp_path):
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from researcher.progress import LogProgress
+    from researcher.report import print_summary, summarize
+
+    caplog.set_level(logging.INFO, logger="researcher.progress")
+    record = RoundRecord(
+        round=1, seconds=1.0, node_dp=_dp_round(sample_rate=1.0, noise_multiplier=1.0)
+    )
+    progress = LogProgress()
+    progress.start("exp", 1, 2)
+    progress.round_finished(record)
+    assert "node-level DP ε=1.9 (δ=1e-05)" in caplog.text
+    out = io.StringIO()
+    print_summary(Console(file=out, width=120, color_system=None), summarize([record]), "exp")
+    assert "node_dp_epsilon" in out.getvalue() and "1.9" in out.getvalue()
+    assert "δ = 1e-05" in out.getvalue()
