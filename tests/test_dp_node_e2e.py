@@ -4,6 +4,8 @@ setup that would void the guarantee is refused before any node trains."""
 from __future__ import annotations
 
 import json
+import math
+import threading
 
 import pytest
 
@@ -12,22 +14,22 @@ from researcher.federated_workflows import Experiment
 from researcher.report import load_history, summarize
 from researcher.strategies.default_strategy import DefaultStrategy
 from tests.conftest import wait_for_nodes, write_tabular_csv
-from tests.plans.tabular import LogisticPlan, make_logistic_data
+from tests.plans.tabular import LogisticPlan, SlowPlan, make_logistic_data
 
 ROUNDS = 2
-#: Noise of standard deviation 5 * 0.5 / 3 nodes ~ 0.8 per weight of a 5-weight model: the
-#: chance it lands the model nearer the optimum than clear FedAvg is negligible.
-NODE_DP = {"type": "node", "clip": 0.5, "noise_multiplier": 5.0, "delta": 1e-5}
+#: A tight clip on a 5-weight model: the DP model moves at most 0.02 (+ noise of std
+#: 0.02 / 3 per weight) a round while clear FedAvg moves ~0.5, so its loss stays well above.
+NODE_DP = {"type": "node", "clip": 0.02, "noise_multiplier": 1.0, "delta": 1e-5}
 
 
-def _experiment(dp, folder):
-    args = {"num_updates": 3, "batch_size": 1000, **({"dp": dp} if dp else {})}
+def _experiment(dp, folder, plan=LogisticPlan, min_nodes=3, rounds=ROUNDS, updates=3):
+    args = {"num_updates": updates, "batch_size": 1000, **({"dp": dp} if dp else {})}
     return Experiment(
         tags=["#tab"],
-        training_plan_class=LogisticPlan,
+        training_plan_class=plan,
         training_args=args,
-        round_limit=ROUNDS,
-        node_selection_strategy=DefaultStrategy(min_nodes=3),
+        round_limit=rounds,
+        node_selection_strategy=DefaultStrategy(min_nodes=min_nodes),
         secagg=True,
         experimentation_folder=str(folder),
     )
@@ -35,10 +37,17 @@ def _experiment(dp, folder):
 
 @pytest.mark.slow
 def test_node_dp_loss_curve_sits_above_the_clear_one_and_epsilon_is_reported(tmp_path, start_node):
+    nodes = []
     for i, n in enumerate((80, 120, 160)):
         x, y = make_logistic_data(seed=i, n=n)
         csv = write_tabular_csv(tmp_path / f"data{i}.csv", x, y)
-        start_node(f"site{i}", datasets=[("tab", ["#tab"], csv, "y")], approve=[LogisticPlan])
+        nodes.append(
+            start_node(
+                f"site{i}",
+                datasets=[("tab", ["#tab"], csv, "y")],
+                approve=[LogisticPlan, SlowPlan],
+            )
+        )
     wait_for_nodes(3)
     clear = _experiment(None, tmp_path / "clear")
     clear.run()
@@ -56,7 +65,7 @@ def test_node_dp_loss_curve_sits_above_the_clear_one_and_epsilon_is_reported(tmp
     assert all(r is not None for r in records)
     epsilons = [r.epsilon for r in records]
     assert epsilons == sorted(epsilons) and epsilons[0] > 0
-    assert records[-1].noise_multiplier == pytest.approx(5.0, rel=1e-9)
+    assert records[-1].noise_multiplier == pytest.approx(1.0, rel=1e-9)
     assert records[-1].survivors == 3 and records[-1].sample_rate == 1.0
     for reply in private.training_replies()[1].values():
         assert reply["sample_size"] == 0  # uniform weights; no sample count travels
@@ -71,6 +80,28 @@ def test_node_dp_loss_curve_sits_above_the_clear_one_and_epsilon_is_reported(tmp
     assert dp_rows[-1]["node_dp_delta"] == 1e-5
     summary = summarize(load_history(private.experimentation_folder()))
     assert summary[-1].metrics["node_dp_epsilon"] == pytest.approx(epsilons[-1])
+
+    # A node dies while training, after it received its peers' shares: the two survivors'
+    # sum carries 2 of the 3 noise shares, and the accountant charges the round for it.
+    victim = nodes[1]
+    killer = threading.Thread(target=_kill_when_training, args=(victim,), daemon=True)
+    killer.start()
+    dropped = _experiment(
+        NODE_DP, tmp_path / "dropped", plan=SlowPlan, min_nodes=2, rounds=1, updates=1
+    )
+    dropped.run()
+    killer.join(timeout=5)
+    record = dropped.metrics_history()[0]
+    assert victim.node_id in record.failures
+    assert record.node_dp is not None
+    assert (record.node_dp.survivors, record.node_dp.noise_shares) == (2, 3)
+    assert record.node_dp.noise_multiplier == pytest.approx(math.sqrt(2 / 3), rel=1e-9)
+
+
+def _kill_when_training(node):
+    """Kill ``node`` as soon as its log says it started training (SlowPlan sleeps 4 s)."""
+    if node.wait_for_log("training plan SlowPlan", timeout=120.0):
+        node.kill()
 
 
 def test_node_dp_without_secagg_is_refused_before_any_round(tmp_path):
