@@ -92,6 +92,10 @@ def _load_plan_class(plan_path: Path, class_name: str) -> type:
 KEEP_STATES = 3
 
 
+#: File of a round's state folder holding the node's own local and persistent parameters.
+PERSONAL_FILE = "personal.bin"
+
+
 def _round_dirs(state_dir: Path) -> list[tuple[int, Path]]:
     found = []
     if state_dir.is_dir():
@@ -118,16 +122,36 @@ def _read_state(
     return meta, arrays
 
 
+def _read_personal(state_dir: Path, round_number: int) -> dict[str, np.ndarray]:
+    """The node's own local and persistent parameters after the latest round before
+    `round_number` (empty before its first round)."""
+    from common.payload import read_payload_file
+
+    earlier = [path for r, path in _round_dirs(state_dir) if r < round_number]
+    if not earlier or not (earlier[-1] / PERSONAL_FILE).exists():
+        return {}
+    return {
+        k: np.array(v) for k, v in read_payload_file(earlier[-1] / PERSONAL_FILE).arrays().items()
+    }
+
+
 def _write_state(
-    state_dir: Path, round_number: int, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+    state_dir: Path,
+    round_number: int,
+    meta: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    personal: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Save the state after `round_number` atomically (directory renamed into place)."""
+    """Save the state after `round_number` atomically (directory renamed into place):
+    the optimizer's and, for plans that have some, the local and persistent parameters."""
     from common.payload import write_payload_file
 
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_dir / f".tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     write_payload_file(tmp / "optimizer.bin", arrays)
+    if personal:
+        write_payload_file(tmp / PERSONAL_FILE, personal)
     (tmp / "optimizer.json").write_text(json.dumps(meta), encoding="utf-8")
     final = state_dir / f"round-{round_number:06d}"
     if final.exists():
@@ -168,9 +192,11 @@ _TORCH_ALLOCATION_FAILURES = ("DefaultCPUAllocator", "can't allocate memory", "n
 
 def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
     """Train as `task` says (in the plan process); writes the clear reply payload."""
+    from common.errors import PlanError
     from common.optimizers.aux_codec import decode_aux_vars, encode_aux_vars
     from common.payload import read_payload_file, write_sections_file
     from common.training_args import TrainingArgs
+    from common.training_plans.personalization import ParameterTags
 
     started = time.perf_counter()
     training_args = TrainingArgs.from_json(task.training_args_json)
@@ -184,27 +210,40 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
     plan.dataset_type = task.dataset_type or None
     plan.dataset_target = task.dataset_target or None
     plan.dataset_options = json.loads(task.dataset_options_json or "{}")
-    with _skip_torch_weight_init():
+    # Local parameters have no global value: they need the model's real initial weights.
+    personalized = bool(plan.local_parameters or plan.persistent_parameters)
+    with contextlib.nullcontext() if personalized else _skip_torch_weight_init():
         # Every floating tensor of the model is overwritten by the global parameters just
         # below, so drawing random initial weights would be wasted work (0.1 s per 10M).
         plan.post_init(json.loads(task.model_args_json or "{}"), training_args)
     sections = read_payload_file(Path(task.global_payload_path)).sections()
-    plan.set_parameters(sections.get(pb.PAYLOAD_SECTION_PARAMS, {}))
-    optimizer = plan.training_optimizer()
     state_dir = Path(task.state_dir)
+    tags = plan.parameter_tags() if personalized else ParameterTags()
+    own = tags.own(_read_personal(state_dir, task.round)) if tags else None
+    plan.set_shared_parameters(sections.get(pb.PAYLOAD_SECTION_PARAMS, {}))
+    optimizer = plan.training_optimizer()
     saved = _read_state(state_dir, task.round)
     if saved is not None:
         optimizer.import_state(*saved)
     if task.aux_vars.items:
         aux_arrays = sections.get(pb.PAYLOAD_SECTION_AUX, {})
         optimizer.process_aux_var(decode_aux_vars(task.aux_vars, aux_arrays, plan.vector_kind))
-    outcome = plan.run_local_training(optimizer)
+    outcome = plan.run_local_training(optimizer, own)
     aux_out, aux_arrays = encode_aux_vars(optimizer.collect_aux_var(), prefix="aux")
+    if tags.local and aux_out.items:
+        # Aux vars (Scaffold's state) are computed over every trainable parameter: local
+        # ones included, which must not leave the node.
+        raise PlanError(
+            f"{type(plan).__name__} tags local parameters and its optimizer sends aux vars "
+            f"{sorted({i.module for i in aux_out.items})}, which would carry them to the "
+            "researcher: drop the aux-var module (e.g. Scaffold) or the local tags"
+        )
+    trained = plan.get_parameters()
     out_sections = {
-        pb.PAYLOAD_SECTION_PARAMS: plan.get_parameters(),
+        pb.PAYLOAD_SECTION_PARAMS: tags.shared(trained),
         pb.PAYLOAD_SECTION_AUX: aux_arrays,
     }
-    _write_state(state_dir, task.round, *optimizer.export_state())
+    _write_state(state_dir, task.round, *optimizer.export_state(), tags.own(trained))
     write_sections_file(Path(task.scratch_dir) / PLAN_PAYLOAD, out_sections)
     log.info(
         "trained %d step(s) on %d samples in %.2f s, last loss %s",

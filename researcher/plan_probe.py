@@ -54,6 +54,8 @@ class PlanDetails:
     trainable: tuple[str, ...]
     optimizer_spec: dict[str, Any] | None
     native_optimizer: bool
+    #: Local parameters (common.training_plans.personalization): absent from the global model.
+    local: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ def probe_plan(
             trainable=tuple(answer["trainable"]),
             optimizer_spec=answer["optimizer_spec"],
             native_optimizer=bool(answer["native_optimizer"]),
+            local=tuple(answer.get("local", ())),
         ),
         params=params,
     )
@@ -152,14 +155,17 @@ def _probe_main() -> int:
         source = plan_source(plan_class)
         plan = plan_class()
         plan.post_init(request["model_args"], TrainingArgs.from_dict(request["training_args"]))
-        write_payload_file(Path(request["params"]), plan.get_parameters())
+        # The global model: local parameters never leave the nodes, so it has none.
+        write_payload_file(Path(request["params"]), plan.shared_parameters())
+        local = plan.parameter_tags().local
         answer: dict[str, Any] = {
             "class_name": plan_class.__name__,
             "source": source,
             "sha256": plan_hash(source),
-            "trainable": list(plan.trainable_parameter_names()),
+            "trainable": [n for n in plan.trainable_parameter_names() if n not in local],
             "optimizer_spec": plan.optimizer_spec(),
             "native_optimizer": plan.uses_native_optimizer(),
+            "local": sorted(local),
         }
         text = json.dumps(answer)
     except Exception as exc:  # the researcher's own plan: report what broke, whatever it is

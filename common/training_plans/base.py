@@ -16,6 +16,7 @@ import numpy as np
 from common.data import DataManager
 from common.errors import PlanError
 from common.training_args import TrainingArgs
+from common.training_plans.personalization import ParameterTags, resolve_tags
 
 __all__ = ["BaseTrainingPlan", "LocalTrainingResult"]
 
@@ -52,6 +53,11 @@ class BaseTrainingPlan(abc.ABC):
 
     #: "torch" or "numpy": the declearn Vector kind aux vars are decoded into for this plan.
     vector_kind: str = "numpy"
+
+    #: Name patterns of parameters that never leave the node (common.training_plans.personalization).
+    local_parameters: tuple[str, ...] = ()
+    #: Name patterns of parameters sent and aggregated, but trained from the node's own copy.
+    persistent_parameters: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.dataset_path: str | None = None
@@ -109,6 +115,31 @@ class BaseTrainingPlan(abc.ABC):
         """Names of the parameters an optimizer updates (default: all of them)."""
         return list(self.get_parameters())
 
+    def parameter_names(self) -> list[str]:
+        """Names of every parameter `get_parameters()` returns."""
+        return list(self.get_parameters())
+
+    def parameter_tags(self) -> ParameterTags:
+        """The plan's local and persistent parameter names, resolved from its patterns."""
+        return resolve_tags(
+            type(self).__name__,
+            self.parameter_names(),
+            self.local_parameters,
+            self.persistent_parameters,
+        )
+
+    def shared_parameters(self) -> dict[str, np.ndarray]:
+        """The parameters that may leave the node: all but the local ones (the global model)."""
+        return self.parameter_tags().shared(self.get_parameters())
+
+    def set_shared_parameters(self, params: Mapping[str, np.ndarray]) -> None:
+        """Load a global model, which has no local parameters: those keep their values."""
+        local = self.parameter_tags().local - set(params)
+        if local:
+            current = self.get_parameters()
+            params = {**{k: current[k] for k in local}, **params}
+        self.set_parameters(params)
+
     @abc.abstractmethod
     def training_optimizer(self) -> Any:
         """The node-side optimizer adapter (common.optimizers.adapters.TrainingOptimizer)."""
@@ -164,8 +195,15 @@ class BaseTrainingPlan(abc.ABC):
             )
         return data
 
-    def run_local_training(self, optimizer: Any) -> LocalTrainingResult:
-        """Load data, split off the test part, validate and train one round with `optimizer`."""
+    def run_local_training(
+        self, optimizer: Any, personal: Mapping[str, np.ndarray] | None = None
+    ) -> LocalTrainingResult:
+        """Load data, split off the test part, validate and train one round with `optimizer`.
+
+        `personal` (plans with local or persistent parameters) is the node's own copy of
+        them: loaded over the global model after its validation, then validated again as
+        `personalized_*`, before training. Empty in a node's first round.
+        """
         args = self._training_args
         seed = 0 if args.random_seed is None else args.random_seed
         data = self._load_training_data()
@@ -174,6 +212,11 @@ class BaseTrainingPlan(abc.ABC):
         metrics: dict[str, float] = {}
         if test is not None and args.test_on_global_updates:
             metrics.update({f"global_{k}": v for k, v in self.evaluate(test).items()})
+        if personal is not None:
+            if personal:
+                self.set_parameters({**self.get_parameters(), **personal})
+            if test is not None and args.test_on_global_updates:
+                metrics.update({f"personalized_{k}": v for k, v in self.evaluate(test).items()})
         result = self.train_round(train, optimizer)
         if test is not None and args.test_on_local_updates:
             metrics.update({f"local_{k}": v for k, v in self.evaluate(test).items()})

@@ -212,10 +212,16 @@ class _SGDTrainingPlan(BaseTrainingPlan):
     def post_init(self, model_args: Mapping[str, Any], training_args: TrainingArgs) -> None:
         from common.optimizers.optimizer import Optimizer
 
+        name = type(self).__name__
+        if self.local_parameters or self.persistent_parameters:
+            # A linear model has one layer: nothing would be left to federate or to personalize.
+            raise PlanError(
+                f"{name} tags local or persistent parameters, which scikit-learn plans do not "
+                "support: personalize with a TorchTrainingPlan (e.g. a shared body, local heads)"
+            )
         self._model_args = dict(model_args)
         self._training_args = training_args
         estimator = call_with_optional_arg(self.init_model, self._model_args)
-        name = type(self).__name__
         expected = self._estimator_class.__name__
         if not isinstance(estimator, self._estimator_class):
             raise PlanError(

@@ -66,6 +66,7 @@ class TorchTrainingPlan(BaseTrainingPlan):
                 f"{type(self).__name__}.init_model() returned {type(model).__name__}, not a torch.nn.Module"
             )
         self._model = model
+        self.parameter_tags()  # a pattern matching nothing fails here, on the researcher first
         self._optimizer = call_with_optional_arg(self.init_optimizer, {})
         self._check_optimizer()
 
@@ -92,6 +93,11 @@ class TorchTrainingPlan(BaseTrainingPlan):
             for name, value in self.model().state_dict().items()
             if value.is_floating_point()
         }
+
+    def parameter_names(self) -> list[str]:
+        return [
+            name for name, value in self.model().state_dict().items() if value.is_floating_point()
+        ]
 
     def set_parameters(self, params: Mapping[str, np.ndarray]) -> None:
         state = self.model().state_dict()

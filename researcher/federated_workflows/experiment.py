@@ -567,7 +567,7 @@ class Experiment:
         state.round = round_number
         state.history.append(result.record)
         if self._plan is not None:
-            self._plan.set_parameters(round_file.params)
+            self._plan.set_shared_parameters(round_file.params)
         self._replies[round_number] = {
             node_id: self._reply_summary(round_number, node_id, reply)
             for node_id, reply in result.replies.items()
@@ -703,10 +703,12 @@ class Experiment:
             return state.plan_details
         if state.plan_class is not None:
             plan = self._ensure_plan()
+            local = plan.parameter_tags().local
             details = PlanDetails(
-                tuple(plan.trainable_parameter_names()),
+                tuple(n for n in plan.trainable_parameter_names() if n not in local),
                 plan.optimizer_spec(),
                 plan.uses_native_optimizer(),
+                tuple(sorted(local)),
             )
         elif state.plan_file is not None:
             probed = probe_plan(state.plan_file, state.model_args, state.training_args.to_dict())
@@ -735,9 +737,9 @@ class Experiment:
             plan.post_init(self._state.model_args, self._state.training_args)
             self._plan = plan
             if self._state.global_params is None:
-                self._state.global_params = plan.get_parameters()
+                self._state.global_params = plan.shared_parameters()
             else:
-                plan.set_parameters(self._state.global_params)
+                plan.set_shared_parameters(self._state.global_params)
         return self._plan
 
     def _round_setup(self) -> RoundSetup:
@@ -751,6 +753,7 @@ class Experiment:
         if state.secagg is not None:  # also after load_breakpoint, before any round
             check_secagg_configuration(state.secagg, state.aggregator)
         state.aggregator.use_scratch_folder(self.experimentation_folder())
+        _check_local_without_aux_vars(details)
         assert state.plan is not None
         training_args, accountant = node_dp_setup(
             state.training_args,
@@ -776,6 +779,7 @@ class Experiment:
             secagg=state.secagg,
             trainable=frozenset(details.trainable),
             node_dp=accountant,
+            local=frozenset(details.local),
         )
 
     def _save_final(self) -> None:
@@ -788,6 +792,20 @@ class Experiment:
         tmp.replace(path)
         log.info(
             "final global parameters written to %s; metrics in %s", path, folder / METRICS_FILE
+        )
+
+
+def _check_local_without_aux_vars(details: PlanDetails) -> None:
+    """Refuse, before any round, local parameters with an aux-var module (Scaffold): its
+    aux vars cover every trainable parameter, so they would carry the local ones away."""
+    if not details.local or details.optimizer_spec is None:
+        return
+    modules = sorted(set(Optimizer.from_spec(details.optimizer_spec).aux_var_modules().values()))
+    if modules:
+        raise ConfigurationError(
+            f"the training plan keeps parameters {list(details.local)[:5]} local, but its "
+            f"optimizer's modules {modules} send aux vars over every parameter, local ones "
+            "included: drop those modules or the plan's local_parameters"
         )
 
 

@@ -40,16 +40,24 @@ class InvalidReplyError(FedloomError):
 
 @dataclass(frozen=True)
 class ModelTemplate:
-    """Names, shapes and dtypes the global model has, which every reply must match."""
+    """Names, shapes and dtypes the global model has, which every reply must match.
+
+    `local` names the plan's local parameters: the global model has none of them, and a
+    reply carrying one is refused as a leak.
+    """
 
     shapes: Mapping[str, tuple[int, ...]]
     dtypes: Mapping[str, np.dtype]
+    local: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, params: Mapping[str, np.ndarray]) -> ModelTemplate:
+    def of(
+        cls, params: Mapping[str, np.ndarray], local: frozenset[str] = frozenset()
+    ) -> ModelTemplate:
         return cls(
             {k: tuple(np.shape(v)) for k, v in params.items()},
             {k: np.asarray(v).dtype for k, v in params.items()},
+            local,
         )
 
 
@@ -162,6 +170,12 @@ def decode_train_reply(
 
 
 def _check_params(params: Mapping[str, np.ndarray], template: ModelTemplate, where: str) -> None:
+    leaked = sorted(set(params) & template.local)
+    if leaked:
+        raise InvalidReplyError(
+            f"{where} sent local parameters {leaked[:5]}, which the plan keeps on the nodes: "
+            "refusing the reply; the node runs a fedloom version without local parameters"
+        )
     if set(params) != set(template.shapes):
         missing = sorted(set(template.shapes) - set(params))[:5]
         extra = sorted(set(params) - set(template.shapes))[:5]

@@ -70,6 +70,8 @@ class RoundSetup:
     trainable: frozenset[str]
     #: Node-level DP's accountant (training_args["dp"] type "node"), None without it.
     node_dp: NodeDPAccountant | None = None
+    #: The plan's local parameters: never in the global model nor in any reply.
+    local: frozenset[str] = frozenset()
 
 
 class RoundListener(Protocol):
@@ -134,7 +136,7 @@ def run_round(
     labels = {n.node_id: n.label for n in selected}
     names = {n.node_id: n.name for n in selected}
     deadline = strategy.round_deadline(setup.training_args)
-    template = ModelTemplate.of(global_params)
+    template = ModelTemplate.of(global_params, setup.local)
     aggregation, secure = _aggregation(setup, round_number, selected, global_params)
     if secure is not None:
         # Key adverts and share distribution; nodes lost there are out of the round.
