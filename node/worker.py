@@ -243,7 +243,8 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
         pb.PAYLOAD_SECTION_PARAMS: tags.shared(trained),
         pb.PAYLOAD_SECTION_AUX: aux_arrays,
     }
-    _write_state(state_dir, task.round, *optimizer.export_state(), tags.own(trained))
+    meta, state_arrays = optimizer.export_state()
+    _write_state(state_dir, task.round, meta, state_arrays, tags.own(trained))
     write_sections_file(Path(task.scratch_dir) / PLAN_PAYLOAD, out_sections)
     log.info(
         "trained %d step(s) on %d samples in %.2f s, last loss %s",
