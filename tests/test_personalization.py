@@ -186,3 +186,14 @@ def test_local_parameters_with_scaffold_are_refused_before_any_round(
     )
     with pytest.raises(ConfigurationError, match=r"keeps parameters .*head.* local.*scaffold"):
         exp.run()
+
+
+def test_probed_plan_file_gives_a_global_model_without_local_parameters() -> None:
+    from researcher.plan_probe import PlanFile, probe_plan
+    from tests.conftest import ROOT
+
+    plan = PlanFile(ROOT / "examples" / "fedper" / "plan.py", "FedPerPlan")
+    probed = probe_plan(plan, {"n_features": 8, "hidden": 16, "n_classes": 4}, {})
+    assert set(probed.params) == {"body.0.weight", "body.0.bias"}
+    assert probed.details.local == ("head.bias", "head.weight")
+    assert set(probed.details.trainable) == {"body.0.weight", "body.0.bias"}
