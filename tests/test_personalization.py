@@ -197,3 +197,108 @@ def test_probed_plan_file_gives_a_global_model_without_local_parameters() -> Non
     assert set(probed.params) == {"body.0.weight", "body.0.bias"}
     assert probed.details.local == ("head.bias", "head.weight")
     assert set(probed.details.trainable) == {"body.0.weight", "body.0.bias"}
+
+
+# -- the node's side: what a round loads, keeps and sends ----------------------------------
+
+NODE_PLAN = """
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from common.data import DataManager
+from common.training_plans import TorchTrainingPlan
+
+
+class KeepPlan(TorchTrainingPlan):
+    local_parameters = ("head",)
+    persistent_parameters = ("body.bias",)
+
+    def init_model(self):
+        return torch.nn.Sequential(
+            OrderedDict(body=torch.nn.Linear(3, 4), head=torch.nn.Linear(4, 2))
+        )
+
+    def init_optimizer(self):
+        return torch.optim.SGD(self.model().parameters(), lr=0.0)  # training changes nothing
+
+    def training_data(self):
+        table = np.loadtxt(self.dataset_path, delimiter=",", dtype=np.float32)
+        return DataManager(dataset=table[:, :3], target=table[:, 3].astype(np.int64))
+
+    def training_step(self, data, target):
+        return torch.nn.functional.cross_entropy(self.model()(data), target)
+"""
+
+
+def _node_round(tmp_path, rnd: int, global_params: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
+    """Run round `rnd` of KeepPlan as the node's plan process does; return (result, upload)."""
+    import json
+
+    from common.payload import read_payload_file, write_sections_file
+    from node.worker import PLAN_PAYLOAD, run_task
+
+    scratch = tmp_path / f"task-{rnd}"
+    scratch.mkdir()
+    (scratch / "plan.py").write_text(NODE_PLAN, encoding="utf-8")
+    write_sections_file(scratch / "global.bin", {pb.PAYLOAD_SECTION_PARAMS: global_params})
+    args = {"num_updates": 1, "random_seed": 0, "test_ratio": 0.5, "test_on_global_updates": True}
+    task = pb.WorkerTask(
+        task_id=f"t{rnd}",
+        experiment_id="exp",
+        round=rnd,
+        class_name="KeepPlan",
+        plan_path=str(scratch / "plan.py"),
+        dataset_path=str(tmp_path / "data.csv"),
+        training_args_json=json.dumps(args),
+        model_args_json="{}",
+        global_payload_path=str(scratch / "global.bin"),
+        scratch_dir=str(scratch),
+        state_dir=str(tmp_path / "state"),
+        reply_payload_path=str(scratch / "reply.bin"),
+        result_path=str(scratch / "result.pb"),
+    )
+    result = run_task(task)
+    upload = read_payload_file(scratch / PLAN_PAYLOAD).sections()[pb.PAYLOAD_SECTION_PARAMS]
+    return result, {k: np.array(v) for k, v in upload.items()}
+
+
+def _saved(tmp_path, rnd: int) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    from common.payload import read_payload_file
+
+    path = tmp_path / "state" / f"round-{rnd:06d}" / "personal.bin"
+    return {k: np.array(v) for k, v in read_payload_file(path).arrays().items()}
+
+
+def test_node_sends_no_local_parameter_and_trains_from_its_own_persistent_copy(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20, 3))
+    np.savetxt(tmp_path / "data.csv", np.column_stack([x, x[:, 0] > 0]), delimiter=",")
+
+    def global_model() -> dict[str, np.ndarray]:
+        return {
+            "body.weight": rng.normal(size=(4, 3)).astype(np.float32),
+            "body.bias": rng.normal(size=4).astype(np.float32),
+        }
+
+    first, second = global_model(), global_model()
+    result1, upload1 = _node_round(tmp_path, 1, first)
+    assert result1.ok, result1.error
+    assert set(upload1) == {"body.weight", "body.bias"}
+    np.testing.assert_array_equal(upload1["body.bias"], first["body.bias"])  # round 1: global
+    kept1 = _saved(tmp_path, 1)
+    assert set(kept1) == {"head.weight", "head.bias", "body.bias"}
+
+    result2, upload2 = _node_round(tmp_path, 2, second)
+    assert result2.ok, result2.error
+    assert set(upload2) == {"body.weight", "body.bias"}
+    np.testing.assert_array_equal(upload2["body.weight"], second["body.weight"])
+    # The persistent bias is the node's own, not the new global value; the head persisted.
+    np.testing.assert_array_equal(upload2["body.bias"], kept1["body.bias"])
+    kept2 = _saved(tmp_path, 2)
+    np.testing.assert_array_equal(kept2["head.weight"], kept1["head.weight"])
+    metrics = dict(result2.metrics)
+    assert metrics["personalized_loss"] != metrics["global_loss"]
