@@ -156,8 +156,10 @@ class DataManager:
         n = len(self)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         for start in range(0, n, batch_size):
-            index = order[start : start + batch_size]
-            if self.samples is not None:
-                yield self._collated(index)
-            else:
-                yield self._inputs[index], (None if self._targets is None else self._targets[index])
+            yield self.batch(order[start : start + batch_size])
+
+    def batch(self, index: np.ndarray) -> tuple[Any, Any]:
+        """The (inputs, target) of the samples at `index`, in that order."""
+        if self.samples is not None:
+            return self._collated(index)
+        return self._inputs[index], (None if self._targets is None else self._targets[index])

@@ -12,6 +12,7 @@ from common.constants import DEFAULT_ROUND_TIMEOUT
 from common.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from common.privacy.config import LocalDp
     from common.privacy.node_level import NodeLevelDP
 
 __all__ = ["TrainingArgs"]
@@ -25,7 +26,9 @@ class TrainingArgs:
     (batches), cycling over the data as needed. `random_seed` makes batching and torch
     initialisation deterministic; None lets each node draw its own. `log_interval`: the
     node logs the training loss every that many local steps (relayed to the researcher);
-    0 turns it off. `dp`: a differential-privacy block, e.g. node-level DP under SecAgg
+    0 turns it off. `dp`: a differential-privacy block (common.privacy.parse_dp_block), e.g.
+    record-level DP-SGD ``{"type": "local", "clip": 1.0, "noise_multiplier": 1.0, "delta": 1e-5}``
+    (common.privacy.LocalDp) or node-level DP under SecAgg
     ``{"type": "node", "clip": C, "noise_multiplier": z, "delta": d}``
     (common.privacy.NodeLevelDP; the `node_dp` property parses it).
     """
@@ -80,12 +83,10 @@ class TrainingArgs:
             )
 
     def _check_dp(self) -> None:
-        """The dp block: node-level DP is parsed here; other types are checked by their owner."""
-        if not isinstance(self.dp, Mapping) or "type" not in self.dp:
-            raise ConfigurationError(
-                "training_args['dp'] must be a dict with a 'type' ('node' for node-level DP)"
-            )
-        self.node_dp  # noqa: B018 - parsing is the check
+        """Parse the dp block (common.privacy.parse_dp_block dispatches on its type)."""
+        from common.privacy.config import parse_dp_block
+
+        parse_dp_block(self.dp)
 
     @property
     def node_dp(self) -> NodeLevelDP | None:
@@ -124,6 +125,15 @@ class TrainingArgs:
 
     def replace(self, **changes: Any) -> TrainingArgs:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def local_dp(self) -> LocalDp | None:
+        """Record-level DP-SGD settings (common.privacy.LocalDp), or None without them."""
+        if self.dp is None or self.dp.get("type") != "local":
+            return None
+        from common.privacy.config import LocalDp
+
+        return LocalDp.from_dict(self.dp)
 
     @property
     def effective_epochs(self) -> int:

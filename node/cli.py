@@ -33,6 +33,7 @@ from node.containment.settings import CONFINEMENT_MODES
 from node.datasets import DATA_TYPES
 from node.home import DEFAULT_HOME, HOME_ENV_VAR, NodeHome
 from node.plans import PlanRecord, PlanRegistry
+from node.privacy_ledger import BudgetStatus, PrivacyLedger
 from node.registry import DatasetRecord, DatasetRegistry
 
 __all__ = ["main", "register"]
@@ -138,9 +139,33 @@ def cmd_init(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------- datasets
 
 
-def _datasets_table(records: Sequence[DatasetRecord]) -> Table:
+def _budgets(db_path: Path, records: Sequence[DatasetRecord]) -> dict[str, BudgetStatus]:
+    """Privacy budget and spent ε of each dataset that has a budget."""
+    ledger = PrivacyLedger(db_path)
+    statuses = {r.name: ledger.status(r.name) for r in records}
+    return {name: status for name, status in statuses.items() if status is not None}
+
+
+def _budget_json(status: BudgetStatus | None) -> dict[str, Any] | None:
+    if status is None:
+        return None
+    return {
+        "epsilon": status.budget.epsilon,
+        "delta": status.budget.delta,
+        "per": status.budget.scope,
+        "spent_max": status.spent_max,
+    }
+
+
+def _datasets_table(
+    records: Sequence[DatasetRecord], budgets: dict[str, BudgetStatus] | None = None
+) -> Table:
+    budgets = budgets or {}
     table = Table(title="Datasets")
-    for column in ("Name", "Tags", "Type", "Samples", "Shape", "Target", "Added"):
+    columns = ["Name", "Tags", "Type", "Samples", "Shape", "Target", "Added"]
+    if budgets:
+        columns.append("Privacy budget")
+    for column in columns:
         # Short fixed-format cells stay on one line; free text folds.
         table.add_column(column, overflow="fold", no_wrap=column in ("Type", "Shape", "Added"))
     for r in records:
@@ -152,11 +177,12 @@ def _datasets_table(records: Sequence[DatasetRecord]) -> Table:
             "x".join(str(n) for n in r.shape),
             r.target or "",
             r.added_at,
+            *([budgets[r.name].describe() if r.name in budgets else "none"] if budgets else []),
         )
     return table
 
 
-def _dataset_details(record: DatasetRecord) -> Table:
+def _dataset_details(record: DatasetRecord, budget: BudgetStatus | None = None) -> Table:
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -174,6 +200,7 @@ def _dataset_details(record: DatasetRecord) -> Table:
         ("added", record.added_at),
         ("description", record.description),
         *((key.replace("_", "-"), value) for key, value in record.options.items()),
+        ("privacy budget", budget.describe() if budget is not None else "none"),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -242,24 +269,66 @@ def cmd_dataset_update(args: argparse.Namespace) -> int:
 @_command
 def cmd_dataset_list(args: argparse.Namespace) -> int:
     """List registered datasets."""
-    records = DatasetRegistry(_home(args).db_path).list()
+    db_path = _home(args).db_path
+    records = DatasetRegistry(db_path).list()
+    budgets = _budgets(db_path, records)
     if args.json:
-        _write_json([r.to_dict() for r in records])
+        _write_json(
+            [{**r.to_dict(), "privacy_budget": _budget_json(budgets.get(r.name))} for r in records]
+        )
     elif not records:
         _console().print("No dataset registered: add one with `fedloom node dataset add`.")
     else:
-        _console().print(_datasets_table(records))
+        _console().print(_datasets_table(records, budgets))
     return 0
 
 
 @_command
 def cmd_dataset_show(args: argparse.Namespace) -> int:
     """Show one dataset."""
-    record = DatasetRegistry(_home(args).db_path).get(args.name)
+    db_path = _home(args).db_path
+    record = DatasetRegistry(db_path).get(args.name)
+    budget = PrivacyLedger(db_path).status(record.name)
     if args.json:
-        _write_json({**record.to_dict(), "path_exists": Path(record.path).exists()})
+        _write_json(
+            {
+                **record.to_dict(),
+                "path_exists": Path(record.path).exists(),
+                "privacy_budget": _budget_json(budget),
+            }
+        )
     else:
-        _console().print(_dataset_details(record))
+        _console().print(_dataset_details(record, budget))
+    return 0
+
+
+@_command
+def cmd_dataset_budget(args: argparse.Namespace) -> int:
+    """Set (or remove) the privacy budget of a dataset: ε at δ, per experiment or researcher."""
+    db_path = _home(args).db_path
+    record = DatasetRegistry(db_path).get(args.name)
+    ledger = PrivacyLedger(db_path)
+    if args.remove:
+        removed = ledger.remove_budget(record.name)
+        _console().print(
+            f"Removed the privacy budget of {record.name}."
+            if removed
+            else f"{record.name} had no privacy budget.",
+            markup=False,
+        )
+        return 0
+    if args.epsilon is None or args.delta is None:
+        raise ConfigurationError(
+            "dataset budget needs --epsilon and --delta (e.g. --epsilon 3 --delta 1e-5), or "
+            "--remove"
+        )
+    budget = ledger.set_budget(record.name, args.epsilon, args.delta, args.per)
+    _console().print(
+        f"Privacy budget of {record.name}: {budget.describe()}. Tasks on it must use "
+        "record-level DP (training_args['dp']); one that would exceed the budget is refused.",
+        markup=False,
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -603,6 +672,20 @@ def register(
     remove = dataset_commands.add_parser("remove", help="unregister a dataset (files are kept)")
     remove.add_argument("name")
     remove.set_defaults(func=cmd_dataset_remove)
+    budget = dataset_commands.add_parser(
+        "budget", help="set a dataset's privacy budget (ε at δ) that DP tasks may spend"
+    )
+    budget.add_argument("name")
+    budget.add_argument("--epsilon", type=float, help="total ε the scope may spend, e.g. 3")
+    budget.add_argument("--delta", type=float, help="δ the ε is stated at, e.g. 1e-5")
+    budget.add_argument(
+        "--per",
+        choices=("experiment", "researcher"),
+        default="experiment",
+        help="who shares the budget: each experiment, or all of a researcher's (default: experiment)",
+    )
+    budget.add_argument("--remove", action="store_true", help="remove the dataset's budget")
+    budget.set_defaults(func=cmd_dataset_budget)
     update = dataset_commands.add_parser(
         "update", help="accept a dataset's changed content (after `verify` says CHANGED)"
     )

@@ -23,6 +23,7 @@ from common.training_args import TrainingArgs
 from node.executor import STOPPED_KIND, TaskExecutor
 from node.home import NodeHome
 from node.plans import PlanRegistry
+from node.privacy_gate import PrivacyGate
 from node.registry import DatasetRegistry
 from node.secagg_tasks import SECAGG_TASK_KINDS, SecaggTasks, double_masking_spec
 from node.served import ServedTasks
@@ -80,6 +81,7 @@ class TaskHandler:
         self._sessions: dict[str, pb.SecaggContext] = {}
         self._upload_deadline = 0.0
         self._served = ServedTasks(home.db_path)
+        self._privacy = PrivacyGate(home)
 
     def handle(self, task: pb.TaskRequest) -> None:
         """Run a task and send its reply; never raises."""
@@ -174,9 +176,12 @@ class TaskHandler:
         if kind != "train":
             raise TaskRefused("UnsupportedTask", f"this node does not know task kind {kind!r}")
         train = task.train
-        TrainingArgs.from_json(train.training_args_json)  # refuse malformed arguments early
+        training_args = TrainingArgs.from_json(train.training_args_json)  # refuse bad ones early
         plan_path = self._approved_plan(train.plan, task_dir)
         dataset = self._dataset(train.dataset_name)
+        privacy_view = self._privacy.view(
+            task, dataset.name, training_args, researcher=self.researcher_id
+        )
         stub = self._stub()
         if stub is None:
             raise TaskRefused("Disconnected", "lost the researcher before the task started")
@@ -202,6 +207,7 @@ class TaskHandler:
             state_dir=str(state_dir),
             reply_payload_path=str(task_dir / "reply.bin"),
             result_path=str(task_dir / "result.pb"),
+            dp_ledger_json=privacy_view.to_json() if privacy_view is not None else "",
         )
         if train.secagg.enabled:
             self._sessions[train.secagg.session_id] = train.secagg
@@ -233,6 +239,9 @@ class TaskHandler:
             else:
                 log.error("training failed: %s: %s", reply.error.kind, reply.error.message)
             return reply
+        dp_epsilon = self._privacy.record(
+            task, dataset.name, training_args, result, researcher=self.researcher_id
+        )
         payload_id = upload_payload_id(task)
         upload_with_retry(
             self._stub,
@@ -256,6 +265,10 @@ class TaskHandler:
             losses=list(result.losses),
             train_seconds=result.train_seconds,
             n_steps=result.n_steps,
+            dp_epsilon=dp_epsilon or 0.0,
+            dp_delta=training_args.local_dp.delta
+            if training_args.local_dp is not None and dp_epsilon is not None
+            else 0.0,
         )
 
     def _secagg_correction(self, task: pb.TaskRequest, task_dir: Path) -> pb.TaskReply:

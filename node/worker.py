@@ -210,6 +210,8 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
     plan.dataset_type = task.dataset_type or None
     plan.dataset_target = task.dataset_target or None
     plan.dataset_options = json.loads(task.dataset_options_json or "{}")
+    if training_args.local_dp is not None:
+        _prepare_private_training(plan, task)
     # Local parameters have no global value: they need the model's real initial weights.
     personalized = bool(plan.local_parameters or plan.persistent_parameters)
     with contextlib.nullcontext() if personalized else _skip_torch_weight_init():
@@ -262,7 +264,33 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
         train_seconds=float(outcome.seconds),
         aux_vars=aux_out,
         vector_kind=plan.vector_kind,
+        **_dp_fields(outcome),
     )
+
+
+def _prepare_private_training(plan: Any, task: pb.WorkerTask) -> None:
+    """Refuse DP on plans without DP-SGD; hand a torch plan the node ledger's view."""
+    from common.errors import PlanError
+    from common.privacy.budget import LedgerView
+
+    if plan.vector_kind != "torch":
+        raise PlanError(
+            f"record-level DP (training_args['dp']) runs DP-SGD on torch plans only; "
+            f"{type(plan).__name__} is a scikit-learn plan: remove the dp block or write the "
+            "model as a TorchTrainingPlan"
+        )
+    plan.privacy_ledger = LedgerView.from_json(task.dp_ledger_json)
+
+
+def _dp_fields(outcome: Any) -> dict[str, Any]:
+    if outcome.dp is None:
+        return {}
+    return {
+        "dp_noise_multiplier": outcome.dp.noise_multiplier,
+        "dp_sample_rate": outcome.dp.sample_rate,
+        "dp_steps": outcome.dp.steps,
+        "dp_epsilon": float(outcome.dp_epsilon),
+    }
 
 
 def _mask_reply(
@@ -493,6 +521,7 @@ def _serve_forks() -> None:
         task_path = line.strip()
         if not task_path:
             continue
+        _warm_up_for(Path(task_path))
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -519,6 +548,24 @@ def _serve_forks() -> None:
         sys.stderr.flush()
         protocol.write(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n")
     kill_descendants()
+
+
+def _warm_up_for(task_path: Path) -> None:
+    """Import in the zygote what a task needs beyond the warm-up, so later tasks fork with it.
+
+    Opacus (record-level DP) takes seconds to import: the first DP task pays it here,
+    the next ones nothing, and a node that never sees a DP task never loads it.
+    """
+    if "opacus" in sys.modules:
+        return
+    try:
+        training_args = json.loads(read_worker_task(task_path).training_args_json or "{}")
+    except (WorkerProtocolError, ValueError):
+        return  # the task's supervisor reports what is wrong with it
+    dp = training_args.get("dp") if isinstance(training_args, dict) else None
+    if isinstance(dp, dict) and dp.get("type") == "local":
+        with contextlib.suppress(ImportError):  # the task says Opacus is missing
+            import opacus  # noqa: F401
 
 
 def _import_torch_optim_lazies() -> None:

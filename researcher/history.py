@@ -1,8 +1,9 @@
 """The experiment's record: per-round, per-node metrics, appended to metrics.jsonl as rounds end.
 
 Each line of metrics.jsonl is one node's part in one round (`round`, `node`, `node_name`,
-`n_samples`, `loss`, `metrics`, `train_seconds`, `n_steps`, `round_seconds`, `time`) or one
-failure (`round`, `node`, `failed`), and under node-level DP one line per round with the
+`n_samples`, `loss`, `metrics`, `train_seconds`, `n_steps`, `round_seconds`, `time`, and
+`dp_epsilon`: the ε the experiment spent on that node under record-level DP, else null) or
+one failure (`round`, `node`, `failed`), and under node-level DP one line per round with the
 `node_dp_*` fields of `researcher.privacy.NodeDPRound` (`node_dp_epsilon` is cumulative,
 at `node_dp_delta`). TensorBoard event files are written alongside when the
 `tensorboard` package is installed.
@@ -52,6 +53,7 @@ class NodeRoundRecord:
     metrics: dict[str, float]
     train_seconds: float
     n_steps: int
+    dp_epsilon: float | None = None
 
 
 @dataclass
@@ -74,6 +76,12 @@ class RoundRecord:
         if not total:
             return sum(loss for loss, _ in weighted) / len(weighted)
         return sum(loss * n for loss, n in weighted) / total
+
+    @property
+    def max_dp_epsilon(self) -> float | None:
+        """The largest ε any node reports under record-level DP (None: no node runs DP)."""
+        spent = [n.dp_epsilon for n in self.nodes if n.dp_epsilon is not None]
+        return max(spent) if spent else None
 
     def mean_metrics(self) -> dict[str, float]:
         """Each validation metric averaged over the nodes reporting it, weighted by sample count
@@ -187,7 +195,9 @@ def rounds_from_rows(rows: Sequence[Mapping[str, Any]]) -> list[RoundRecord]:
         if "node_dp_epsilon" in row:
             record.node_dp = NodeDPRound.from_dict(dict(row))
             continue
-        record.nodes.append(NodeRoundRecord(**{k: row[k] for k in _NODE_FIELDS}))
+        record.nodes.append(
+            NodeRoundRecord(**{k: row[k] for k in _NODE_FIELDS}, dp_epsilon=row.get("dp_epsilon"))
+        )
         record.seconds = float(row.get("round_seconds", record.seconds))
     return [records[r] for r in sorted(records)]
 

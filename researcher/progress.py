@@ -52,15 +52,22 @@ def format_duration(seconds: float | None) -> str:
 
 
 def _fmt_privacy(record: RoundRecord) -> str:
-    """ ", node-level DP ε=... (δ=...)" after a round under node-level DP, else ""."""
+    """ ", node-level DP ε=... (δ=...)" after a round under node-level DP, ", DP ε ≤ ..."
+    under record-level DP, else ""."""
     if record.node_dp is None:
-        return ""
+        return _fmt_dp(record)
     dp = record.node_dp
-    return f", node-level DP ε={dp.epsilon:.3g} (δ={dp.delta:g})"
+    return f", node-level DP ε={dp.epsilon:.3g} (δ={dp.delta:g})" + _fmt_dp(record)
 
 
 def _fmt_loss(loss: float | None) -> str:
     return "n/a" if loss is None else f"{loss:.4f}"
+
+
+def _fmt_dp(record: RoundRecord) -> str:
+    """ ", DP ε ≤ x" under record-level DP: the most any node has spent so far."""
+    spent = record.max_dp_epsilon
+    return "" if spent is None else f", DP ε ≤ {spent:.3f}"
 
 
 #: Status words of a node in the current round; the last three are final.

@@ -47,6 +47,9 @@ DPI = 100
 #: What the loss column holds, said the same way in every table and in the live display.
 TRAIN_LOSS_LABEL = "mean train loss"
 
+#: The DP column: the most ε any node reports having spent on the experiment (record-level DP).
+DP_EPSILON_LABEL = "DP ε (max)"
+
 #: A run longer than this many rounds is summarised: its first HEAD_ROUNDS, its best round
 #: and its last TAIL_ROUNDS (a screenful either way; `--all` prints every round).
 LONG_RUN_ROUNDS = 20
@@ -69,6 +72,8 @@ class RoundSummary:
     seconds: float
     #: Node-level DP's δ (its cumulative ε is the metric node_dp_epsilon), None without it.
     privacy_delta: float | None = None
+    #: The largest ε a node reports under record-level DP after this round (None: no DP).
+    dp_epsilon: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +84,7 @@ class RoundSummary:
             "metrics": dict(self.metrics),
             "seconds": self.seconds,
             **({"node_dp_delta": self.privacy_delta} if self.privacy_delta is not None else {}),
+            "dp_epsilon": self.dp_epsilon,
         }
 
 
@@ -111,6 +117,7 @@ def summarize(records: list[RoundRecord]) -> list[RoundSummary]:
             metrics={**r.mean_metrics(), **_privacy_columns(r)},
             seconds=r.seconds,
             privacy_delta=None if r.node_dp is None else r.node_dp.delta,
+            dp_epsilon=r.max_dp_epsilon,
         )
         for r in records
     ]
@@ -132,12 +139,14 @@ def print_summary(
     (lowest mean training loss) unless `all_rounds`.
     """
     metric_names = sorted({name for s in summaries for name in s.metrics})
+    private = any(s.dp_epsilon is not None for s in summaries)
     columns = [
         Column("round"),
         Column("answered"),
         Column("failed"),
         Column(TRAIN_LOSS_LABEL),
         *(Column(name) for name in metric_names),
+        *([Column(DP_EPSILON_LABEL)] if private else []),
         Column("seconds"),
     ]
     best = _best_round(summaries)
@@ -155,6 +164,7 @@ def print_summary(
                 str(s.failed),
                 format_number(s.mean_loss),
                 *(format_number(s.metrics.get(name)) for name in metric_names),
+                *([format_number(s.dp_epsilon)] if private else []),
                 f"{s.seconds:.2f}",
             ]
         )

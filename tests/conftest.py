@@ -217,6 +217,17 @@ def wait_for_nodes(count: int, timeout: float = NODE_CONNECT_TIMEOUT) -> None:
         )
 
 
+def wait_for_reconnect(node_id: str, old: object, timeout: float = NODE_CONNECT_TIMEOUT) -> None:
+    """Block until node `node_id` is connected again on a new link (`old`: its link before)."""
+    from researcher.server import get_server
+
+    directory = get_server().directory
+    if not directory.wait_until(
+        lambda: (n := directory.get(node_id)) is not None and n is not old and n.alive, timeout
+    ):
+        raise AssertionError(f"node {node_id} did not reconnect in {timeout} s")
+
+
 @dataclass
 class ConsoleProcess:
     """A `fedloom node console` process: its URL, login secret and output."""

@@ -23,6 +23,7 @@ from tests.conftest import (
     ROOT,
     fedloom_cmd,
     wait_for_nodes,
+    wait_for_reconnect,
     write_tabular_csv,
 )
 from tests.plans.faulty import (
@@ -231,15 +232,6 @@ def test_the_researcher_sees_what_a_failing_plan_logged_before_it_failed(
 # -- restart ------------------------------------------------------------------------------------
 
 
-def _wait_for_reconnect(node_id: str, old: object) -> None:
-    directory = get_server().directory
-    if not directory.wait_until(
-        lambda: (n := directory.get(node_id)) is not None and n is not old and n.alive,
-        NODE_CONNECT_TIMEOUT,
-    ):
-        raise AssertionError(f"node {node_id} did not reconnect in {NODE_CONNECT_TIMEOUT} s")
-
-
 def _final_params(exp: Experiment, round_number: int) -> dict[str, np.ndarray]:
     return exp.aggregated_params()[round_number]["params"]
 
@@ -266,7 +258,7 @@ def test_a_node_killed_and_restarted_resumes_its_experiment_with_its_optimizer_s
     old = get_server().directory.get(node.node_id)
     node.kill()
     restarted = start_node("site", home=node.home)
-    _wait_for_reconnect(node.node_id, old)
+    wait_for_reconnect(node.node_id, old)
     assert interrupted.run(rounds=1, increase=True) == 1
     steps = TRAINING_ARGS["num_updates"]
     assert _adam_steps(state_dir, 1) == steps

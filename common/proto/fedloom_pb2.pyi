@@ -1301,6 +1301,8 @@ class TaskReply(_message.Message):
     TRAIN_SECONDS_FIELD_NUMBER: _builtins.int
     N_STEPS_FIELD_NUMBER: _builtins.int
     SECAGG_FIELD_NUMBER: _builtins.int
+    DP_EPSILON_FIELD_NUMBER: _builtins.int
+    DP_DELTA_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     experiment_id: _builtins.str
     round: _builtins.int
@@ -1310,6 +1312,11 @@ class TaskReply(_message.Message):
     n_samples: _builtins.int
     train_seconds: _builtins.float
     n_steps: _builtins.int
+    dp_epsilon: _builtins.float
+    """Record-level DP (training_args dp type "local"): the ε this experiment has spent on
+    this node's dataset so far, at dp_delta (dp_delta = 0: the round ran without DP).
+    """
+    dp_delta: _builtins.float
     @_builtins.property
     def error(self) -> Global___TaskError: ...
     @_builtins.property
@@ -1340,10 +1347,12 @@ class TaskReply(_message.Message):
         train_seconds: _builtins.float = ...,
         n_steps: _builtins.int = ...,
         secagg: Global___SecaggReply | None = ...,
+        dp_epsilon: _builtins.float = ...,
+        dp_delta: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "error", b"error", "secagg", b"secagg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "error", b"error", "experiment_id", b"experiment_id", "losses", b"losses", "metrics", b"metrics", "n_samples", b"n_samples", "n_steps", b"n_steps", "ok", b"ok", "payload_id", b"payload_id", "round", b"round", "secagg", b"secagg", "task_id", b"task_id", "train_seconds", b"train_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "dp_delta", b"dp_delta", "dp_epsilon", b"dp_epsilon", "error", b"error", "experiment_id", b"experiment_id", "losses", b"losses", "metrics", b"metrics", "n_samples", b"n_samples", "n_steps", b"n_steps", "ok", b"ok", "payload_id", b"payload_id", "round", b"round", "secagg", b"secagg", "task_id", b"task_id", "train_seconds", b"train_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1412,6 +1421,7 @@ class WorkerTask(_message.Message):
     DATASET_TYPE_FIELD_NUMBER: _builtins.int
     DATASET_TARGET_FIELD_NUMBER: _builtins.int
     DATASET_OPTIONS_JSON_FIELD_NUMBER: _builtins.int
+    DP_LEDGER_JSON_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     experiment_id: _builtins.str
     round: _builtins.int
@@ -1444,6 +1454,8 @@ class WorkerTask(_message.Message):
     """the registered target, "" when none"""
     dataset_options_json: _builtins.str
     """the type's registration settings, a JSON object"""
+    dp_ledger_json: _builtins.str
+    """common.privacy.LedgerView: DP spent so far, the budget"""
     @_builtins.property
     def aux_vars(self) -> Global___AuxVars:
         """the researcher optimizer's aux vars for this node"""
@@ -1480,10 +1492,11 @@ class WorkerTask(_message.Message):
         dataset_type: _builtins.str = ...,
         dataset_target: _builtins.str = ...,
         dataset_options_json: _builtins.str = ...,
+        dp_ledger_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "limits", b"limits", "secagg", b"secagg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "class_name", b"class_name", "dataset_options_json", b"dataset_options_json", "dataset_path", b"dataset_path", "dataset_target", b"dataset_target", "dataset_type", b"dataset_type", "experiment_id", b"experiment_id", "global_payload_path", b"global_payload_path", "keys_dir", b"keys_dir", "ledger_path", b"ledger_path", "limits", b"limits", "model_args_json", b"model_args_json", "node_id", b"node_id", "plan_path", b"plan_path", "reply_payload_path", b"reply_payload_path", "result_path", b"result_path", "round", b"round", "scratch_dir", b"scratch_dir", "secagg", b"secagg", "secagg_sessions_dir", b"secagg_sessions_dir", "state_dir", b"state_dir", "task_id", b"task_id", "training_args_json", b"training_args_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "class_name", b"class_name", "dataset_options_json", b"dataset_options_json", "dataset_path", b"dataset_path", "dataset_target", b"dataset_target", "dataset_type", b"dataset_type", "dp_ledger_json", b"dp_ledger_json", "experiment_id", b"experiment_id", "global_payload_path", b"global_payload_path", "keys_dir", b"keys_dir", "ledger_path", b"ledger_path", "limits", b"limits", "model_args_json", b"model_args_json", "node_id", b"node_id", "plan_path", b"plan_path", "reply_payload_path", b"reply_payload_path", "result_path", b"result_path", "round", b"round", "scratch_dir", b"scratch_dir", "secagg", b"secagg", "secagg_sessions_dir", b"secagg_sessions_dir", "state_dir", b"state_dir", "task_id", b"task_id", "training_args_json", b"training_args_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1522,12 +1535,23 @@ class WorkerResult(_message.Message):
     TRAIN_SECONDS_FIELD_NUMBER: _builtins.int
     AUX_VARS_FIELD_NUMBER: _builtins.int
     VECTOR_KIND_FIELD_NUMBER: _builtins.int
+    DP_NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    DP_SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    DP_STEPS_FIELD_NUMBER: _builtins.int
+    DP_EPSILON_FIELD_NUMBER: _builtins.int
     ok: _builtins.bool
     n_samples: _builtins.int
     n_steps: _builtins.int
     train_seconds: _builtins.float
     vector_kind: _builtins.str
     """"torch" or "numpy": how the plan's aux Vectors decode"""
+    dp_noise_multiplier: _builtins.float
+    """Record-level DP: the round's DP-SGD steps (σ, sample rate, count) and the experiment's
+    ε after it at the dp block's δ; dp_steps = 0 without DP.
+    """
+    dp_sample_rate: _builtins.float
+    dp_steps: _builtins.int
+    dp_epsilon: _builtins.float
     @_builtins.property
     def error(self) -> Global___TaskError:
         """set when ok is false"""
@@ -1552,10 +1576,14 @@ class WorkerResult(_message.Message):
         train_seconds: _builtins.float = ...,
         aux_vars: Global___AuxVars | None = ...,
         vector_kind: _builtins.str = ...,
+        dp_noise_multiplier: _builtins.float = ...,
+        dp_sample_rate: _builtins.float = ...,
+        dp_steps: _builtins.int = ...,
+        dp_epsilon: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "error", b"error", "losses", b"losses", "metrics", b"metrics", "n_samples", b"n_samples", "n_steps", b"n_steps", "ok", b"ok", "train_seconds", b"train_seconds", "vector_kind", b"vector_kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aux_vars", b"aux_vars", "dp_epsilon", b"dp_epsilon", "dp_noise_multiplier", b"dp_noise_multiplier", "dp_sample_rate", b"dp_sample_rate", "dp_steps", b"dp_steps", "error", b"error", "losses", b"losses", "metrics", b"metrics", "n_samples", b"n_samples", "n_steps", b"n_steps", "ok", b"ok", "train_seconds", b"train_seconds", "vector_kind", b"vector_kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

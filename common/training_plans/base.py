@@ -32,6 +32,10 @@ class LocalTrainingResult:
     losses: list[float] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Under record-level DP: this round's DP-SGD steps (common.privacy.DpSteps) and the
+    #: ε the experiment has spent on this node after it.
+    dp: Any = None
+    dp_epsilon: float | None = None
 
 
 def call_with_optional_arg(method: Callable[..., Any], arg: Any) -> Any:

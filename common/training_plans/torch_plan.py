@@ -131,6 +131,11 @@ class TorchTrainingPlan(BaseTrainingPlan):
     # -- training ---------------------------------------------------------------------------
     def train_round(self, data: DataManager, optimizer: Any) -> LocalTrainingResult:
         args = self._training_args
+        if args.local_dp is not None:
+            from common.privacy.dp_sgd import train_round_dp
+
+            result: LocalTrainingResult = train_round_dp(self, data, optimizer)
+            return result
         rng = np.random.default_rng(args.random_seed)
         model = self.model()
         model.train()
@@ -140,20 +145,24 @@ class TorchTrainingPlan(BaseTrainingPlan):
             inputs, target = _to_tensor(batch_inputs), _to_tensor(batch_target)
             optimizer.zero_grad()
             loss = self.training_step(inputs, target)
-            if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-                raise PlanError(
-                    f"{type(self).__name__}.training_step() must return a scalar torch tensor (the loss)"
-                )
-            if not torch.isfinite(loss):
-                raise PlanError(
-                    f"training loss became {loss.item()} at local step {len(losses) + 1}: lower the "
-                    "learning rate or check the data for NaNs"
-                )
+            self.check_loss(loss, len(losses) + 1)
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
             optimizer.step()
             losses.append(float(loss.detach()))
             self.report_step(len(losses), losses[-1])
         return LocalTrainingResult(n_samples=len(data), n_steps=len(losses), losses=losses)
+
+    def check_loss(self, loss: Any, step: int) -> None:
+        """Refuse a loss that is not a finite scalar tensor (`step` is 1-based, for the message)."""
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise PlanError(
+                f"{type(self).__name__}.training_step() must return a scalar torch tensor (the loss)"
+            )
+        if not torch.isfinite(loss):
+            raise PlanError(
+                f"training loss became {loss.item()} at local step {step}: lower the "
+                "learning rate or check the data for NaNs"
+            )
 
     def evaluate(self, data: DataManager) -> dict[str, float]:
         model = self.model()

@@ -79,6 +79,8 @@ class TrainReply:
     train_seconds: float
     n_steps: int
     params: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Record-level DP: the ε the experiment has spent on this node (None: no DP).
+    dp_epsilon: float | None = None
     aux: dict[str, AuxVar] = field(default_factory=dict)
     aux_message: pb.AuxVars = field(default_factory=pb.AuxVars)
     sections: Mapping[Section, Mapping[str, np.ndarray]] = field(default_factory=dict)
@@ -162,11 +164,22 @@ def decode_train_reply(
         losses=losses,
         train_seconds=float(reply.train_seconds),
         n_steps=int(reply.n_steps),
+        dp_epsilon=_dp_epsilon(reply, where),
         params=params,
         aux=aux,
         aux_message=reply.aux_vars,
         sections=sections if secure else {},
     )
+
+
+def _dp_epsilon(reply: pb.TaskReply, where: str) -> float | None:
+    """The ε the node reports under record-level DP, None when it trained without DP."""
+    if reply.dp_delta <= 0:
+        return None
+    epsilon = float(reply.dp_epsilon)
+    if not all_finite(np.asarray(epsilon)) or epsilon < 0:
+        raise InvalidReplyError(f"{where} reported an invalid DP ε ({epsilon})")
+    return epsilon
 
 
 def _check_params(params: Mapping[str, np.ndarray], template: ModelTemplate, where: str) -> None:

@@ -174,6 +174,7 @@ def run_round(
                 metrics=reply.metrics,
                 train_seconds=reply.train_seconds,
                 n_steps=reply.n_steps,
+                dp_epsilon=reply.dp_epsilon,
             )
         )
         listener.node_answered(round_number, reply.node_id, reply.mean_loss, reply.n_samples)
