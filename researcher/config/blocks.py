@@ -197,7 +197,9 @@ class StrategyConfig:
             raise ConfigurationError(
                 f"{where} name: unknown strategy '{name}'; known: {', '.join(sorted(STRATEGIES))}"
             )
-        allowed = {"min_nodes"} | ({"fraction", "seed"} if name.lower() == "sampling" else set())
+        allowed = {"min_nodes"} | (
+            {"fraction", "seed", "count"} if name.lower() == "sampling" else set()
+        )
         check_keys(table, allowed | {"name"}, where)
         if "min_nodes" in table:
             expect_int(table["min_nodes"], f"{where} min_nodes", 1)
@@ -207,6 +209,8 @@ class StrategyConfig:
                 raise ConfigurationError(f"{where} fraction must be in (0, 1], got {fraction}")
         if "seed" in table:
             expect_int(table["seed"], f"{where} seed", 0)
+        if "count" in table:
+            expect_int(table["count"], f"{where} count", 1)
         return cls(name=name.lower(), params=table)
 
     def build(self, where: str) -> Strategy:

@@ -26,6 +26,7 @@ from common.training_args import TrainingArgs
 from common.training_plans.base import BaseTrainingPlan
 from common.training_plans.source import plan_hash, plan_source
 from researcher.aggregators import Aggregator, FedAverage
+from researcher.backend import Backend
 from researcher.checkpoint import (
     DEFAULT_KEEP_CHECKPOINTS,
     latest_checkpoint,
@@ -96,9 +97,13 @@ class Experiment:
         show_progress: bool | None = None,
         run_options: RunOptions | None = None,
         exchange: Exchange | None = None,
+        backend: Backend | None = None,
     ) -> None:
+        if exchange is not None and backend is not None:
+            raise ConfigurationError("give either exchange or backend, not both")
         self._options = run_options or default_run_options()
         self._exchange = exchange
+        self._backend = backend
         experiment_id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self._state = ExperimentState(experiment_id=experiment_id)
         self._plan: BaseTrainingPlan | None = None
@@ -440,7 +445,7 @@ class Experiment:
         if rounds <= 0:
             return 0
         setup = self._round_setup()
-        exchange = self._exchange or GrpcExchange(get_server(self._options))
+        exchange = self._exchange_for(setup)
         if self._checkpointed_round is None:
             self._check_folder_is_ours()
         first, last = self._state.round + 1, self._state.round + rounds
@@ -485,6 +490,14 @@ class Experiment:
                 self._save_final()
             control.finished(outcome, error)
         return rounds
+
+    def _exchange_for(self, setup: RoundSetup) -> Exchange:
+        """The given exchange, the backend's (e.g. a simulation), or real nodes over gRPC."""
+        if self._exchange is not None:
+            return self._exchange
+        if self._backend is not None:
+            return self._backend.open_exchange(setup, self.experimentation_folder())
+        return GrpcExchange(get_server(self._options))
 
     def run_once(self, increase: bool = False) -> int:
         """Run a single round."""

@@ -11,7 +11,12 @@ import pandas as pd
 import torch
 
 from common.data import DataManager
-from common.optimizers.declearn import AdaGradModule, FedProxRegularizer, ScaffoldClientModule
+from common.optimizers.declearn import (
+    AdaGradModule,
+    AdamModule,
+    FedProxRegularizer,
+    ScaffoldClientModule,
+)
 from common.optimizers.optimizer import Optimizer
 from common.training_plans import FedSGDRegressor, TorchTrainingPlan
 
@@ -94,6 +99,21 @@ class ScaffoldRegressionPlan(SGDRegressionPlan):
 
     def init_optimizer(self):
         return Optimizer(lr=self.LR, modules=[ScaffoldClientModule()])
+
+
+class ScaffoldAdamRegressionPlan(SGDRegressionPlan):
+    """Scaffold's correction followed by Adam, whose moments the node keeps between rounds."""
+
+    LR = 0.05
+
+    def init_dependencies(self):
+        return [
+            *super().init_dependencies(),
+            "from common.optimizers.declearn import AdamModule, ScaffoldClientModule",
+        ]
+
+    def init_optimizer(self):
+        return Optimizer(lr=self.LR, modules=[ScaffoldClientModule(), AdamModule()])
 
 
 class NativeSGDRegressionPlan(SGDRegressionPlan):
