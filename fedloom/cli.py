@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full command tree."""
     import node.cli
     import researcher.cli
-    from fedloom import certs_cmd, completion, data_cmd, demo, new_project
+    from fedloom import certs_cmd, completion, data_cmd, demo, new_project, simulate_cmd
 
     parser = argparse.ArgumentParser(
         prog="fedloom",
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     researcher.cli.register(sub)
     certs_cmd.register(sub)
     data_cmd.register(sub)
+    simulate_cmd.register(sub)
     demo.register(sub)
     new_project.register(sub)
     completion.register(sub)

@@ -23,8 +23,7 @@ from common.errors import ConfigurationError, FedloomError
 from common.payload import EncodedPayload, read_payload_file, write_sections_file
 from common.proto import fedloom_pb2 as pb
 from common.task_uploads import upload_payload_id
-from fedloom.simulation.pool import ActorPool, task_resources
-from fedloom.simulation.ray_runtime import RayRuntime
+from fedloom.simulation.pool import ActorPool
 from fedloom.simulation.virtual_nodes import VirtualNode, write_shards
 from node.worker_protocol import WorkerProtocolError, read_worker_result, write_message
 from researcher.rounds.exchange import ExchangeResult, NodeView, ReceivedReply, ReplyHandler
@@ -47,10 +46,7 @@ class SimulationExchange:
     """Sends each selected virtual node's train task to the actor pool; replies come back
     as the node's files and are handed to the round engine like uploads from real nodes."""
 
-    def __init__(
-        self, runtime: RayRuntime, pool: ActorPool, nodes: Sequence[VirtualNode], work: Path
-    ) -> None:
-        self._runtime = runtime
+    def __init__(self, pool: ActorPool, nodes: Sequence[VirtualNode], work: Path) -> None:
         self._pool = pool
         self._nodes = {node.node_id: node for node in nodes}
         self._work = work
@@ -58,28 +54,22 @@ class SimulationExchange:
         self._payloads: dict[str, Path] = {}
 
     @classmethod
-    def start(cls, sim: Simulation, setup: RoundSetup, folder: Path) -> SimulationExchange:
-        """Connect to Ray, write the shards (once) and create the actor pool."""
+    def start(
+        cls, sim: Simulation, setup: RoundSetup, folder: Path, pool: ActorPool
+    ) -> SimulationExchange:
+        """Write the shards (once) and serve them through the simulation's actor pool."""
         work = folder / "simulation"
         nodes = write_shards(
             Path(sim.data), sim.nodes, sim.split, sim.seed, sim.target, setup.tags, work / "shards"
         )
-        runtime = RayRuntime(sim.ray_address, sim.object_store_memory)
-        try:
-            size = sim.pool or _default_pool_size(runtime, sim.cpus_per_task)
-            resources = task_resources(sim.cpus_per_task, sim.gpus_per_task, sim.memory_per_task)
-            pool = ActorPool(runtime.ray, size, resources)
-        except BaseException:
-            runtime.close()
-            raise
         log.info(
             "simulating %d virtual node(s) (%s split of %s) with %d Ray actor(s)",
             len(nodes),
             sim.split,
             sim.data,
-            size,
+            pool.size,
         )
-        return cls(runtime, pool, nodes, work)
+        return cls(pool, nodes, work)
 
     # -- Exchange --------------------------------------------------------------------------
     @property
@@ -135,11 +125,6 @@ class SimulationExchange:
                 shutil.rmtree(path, ignore_errors=True)
         result.seconds = time.monotonic() - started
         return result
-
-    def close(self) -> None:
-        """Stop the pool's actors and, if it started it, the embedded Ray."""
-        self._pool.close()
-        self._runtime.close()
 
     # -- one task --------------------------------------------------------------------------
     def _prepare(self, node_id: str, task: pb.TaskRequest) -> Path:
@@ -243,12 +228,6 @@ class SimulationExchange:
         result.failures[node_id] = reason
         node = self._nodes.get(node_id)
         log.error("node %s: %s", node.label if node else node_id, reason)
-
-
-def _default_pool_size(runtime: RayRuntime, cpus_per_task: float) -> int:
-    if cpus_per_task <= 0:
-        return 1
-    return max(1, int(runtime.cpus() // cpus_per_task))
 
 
 def _link(source: Path, target: Path) -> None:

@@ -10,7 +10,7 @@ checkpoints and progress display as a real federation; only the exchange differs
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,8 @@ from common.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from fedloom.simulation.exchange import SimulationExchange
+    from fedloom.simulation.pool import ActorPool
+    from fedloom.simulation.ray_runtime import RayRuntime
     from researcher.rounds.round import RoundSetup
 
 __all__ = ["DEFAULT_OBJECT_STORE_BYTES", "Simulation"]
@@ -53,9 +55,10 @@ class Simulation:
     memory_per_task: int | None = None
     ray_address: str | None = None
     object_store_memory: int = DEFAULT_OBJECT_STORE_BYTES
-    _exchanges: dict[Path, SimulationExchange] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._exchanges: dict[Path, SimulationExchange] = {}
+        self._engine: tuple[RayRuntime, ActorPool] | None = None
         if not isinstance(self.nodes, int) or isinstance(self.nodes, bool) or self.nodes < 1:
             raise ConfigurationError(f"nodes must be a whole number >= 1, got {self.nodes!r}")
         self.data = Path(self.data)
@@ -96,18 +99,48 @@ class Simulation:
         if exchange is None:
             from fedloom.simulation.exchange import SimulationExchange
 
-            exchange = SimulationExchange.start(self, setup, key)
+            _, pool = self._start_engine()
+            exchange = SimulationExchange.start(self, setup, key, pool)
             self._exchanges[key] = exchange
         return exchange
 
+    def _start_engine(self) -> tuple[RayRuntime, ActorPool]:
+        """Ray and the actor pool, started once and shared by every experiment run here
+        (a second pool would wait forever for the CPUs the first one holds)."""
+        if self._engine is None:
+            from fedloom.simulation.pool import ActorPool, task_resources
+            from fedloom.simulation.ray_runtime import RayRuntime
+
+            runtime = RayRuntime(self.ray_address, self.object_store_memory)
+            try:
+                size = self.pool or _default_pool_size(runtime, self.cpus_per_task)
+                resources = task_resources(
+                    self.cpus_per_task, self.gpus_per_task, self.memory_per_task
+                )
+                self._engine = runtime, ActorPool(runtime.ray, size, resources)
+            except BaseException:
+                runtime.close()
+                raise
+        return self._engine
+
     def close(self) -> None:
         """Stop the actors, and the embedded Ray if this simulation started it."""
-        for exchange in self._exchanges.values():
-            exchange.close()
         self._exchanges.clear()
+        if self._engine is not None:
+            runtime, pool = self._engine
+            self._engine = None
+            pool.close()
+            runtime.close()
 
     def __enter__(self) -> Simulation:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _default_pool_size(runtime: RayRuntime, cpus_per_task: float) -> int:
+    """As many actors as the cluster's CPUs hold tasks (one for GPU-only tasks)."""
+    if cpus_per_task <= 0:
+        return 1
+    return max(1, int(runtime.cpus() // cpus_per_task))

@@ -41,6 +41,7 @@ from common.errors import ConfigurationError, SecaggError
 from common.secagg import SecureAggregation
 from common.tags import tag_problem
 from common.training_args import TrainingArgs
+from researcher.backend import Backend
 from researcher.checkpoint import DEFAULT_KEEP_CHECKPOINTS
 from researcher.config.blocks import (
     AggregatorConfig,
@@ -144,8 +145,14 @@ class ExperimentConfig:
             ),
         )
 
-    def build_experiment(self, folder: Path, run_options: RunOptions | None = None) -> Experiment:
-        """The configured Experiment, writing into `folder`."""
+    def build_experiment(
+        self,
+        folder: Path,
+        run_options: RunOptions | None = None,
+        backend: Backend | None = None,
+    ) -> Experiment:
+        """The configured Experiment, writing into `folder` (its rounds run on `backend`,
+        e.g. a simulation, when given; on real nodes otherwise)."""
         where = str(self.source)
         exp = Experiment(
             tags=self.tags,
@@ -167,6 +174,7 @@ class ExperimentConfig:
             node_wait_timeout=self.node_wait_timeout,
             keep_checkpoints=self.keep_checkpoints,
             run_options=run_options,
+            backend=backend,
         )
         exp.check_training_plan()  # a wrong file or class fails now, naming the file
         return exp
