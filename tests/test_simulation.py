@@ -196,3 +196,16 @@ def test_a_missing_ray_names_the_extra_to_install() -> None:
     assert done.returncode != 0
     assert 'pip install "fedloom[simulation]"' in done.stderr
     assert "ConfigurationError" in done.stderr
+
+
+def test_sampling_strategy_by_count_picks_that_many_seeded_and_keeps_it_in_its_state() -> None:
+    nodes = [f"sim-{i:03d}" for i in range(100)]
+    strategy = SamplingStrategy(count=10, seed=4)
+    first, second = strategy.select(nodes, 1), strategy.select(nodes, 2)
+    assert len(first) == len(second) == 10 and first != second
+    assert SamplingStrategy(count=10, seed=4).select(nodes, 1) == first
+    restored = SamplingStrategy()
+    restored.set_state(strategy.get_state())
+    assert restored.select(nodes, 2) == second
+    with pytest.raises(ConfigurationError, match="count must be"):
+        SamplingStrategy(count=0)
