@@ -155,6 +155,8 @@ class SimulationExchange:
             class_name=train.plan.class_name,
             plan_path=str(scratch / "plan.py"),
             dataset_path=str(node.shard),
+            dataset_type=node.dataset.data_type,
+            dataset_target=node.target or "",
             training_args_json=train.training_args_json,
             model_args_json=train.model_args_json,
             global_payload_path=str(scratch / "global.bin"),

@@ -29,6 +29,8 @@ class VirtualNode:
     name: str
     shard: Path
     dataset: DatasetSummary
+    #: The class column (CSV) or array (NPZ), given to the plan as a node's dataset target.
+    target: str | None = None
     known_plans: set[str] = field(default_factory=set)
     secagg_public_key: bytes = b""
 
@@ -83,6 +85,7 @@ def write_shards(
             name=f"virtual-node-{i + 1:0{width}d}",
             shard=path.resolve(),
             dataset=DatasetSummary("shard", tuple(tags), int(n), (int(n),), data_type),
+            target=target,
         )
         for i, (path, n) in enumerate(zip(paths, counts, strict=True))
     ]
