@@ -73,6 +73,8 @@ class Experiment:
     `Experiment.load_breakpoint(folder)` rebuilds an experiment from its latest checkpoint.
     `run_options` (address, output folder, TLS, --rounds, --resume) default to the
     process's (`researcher.run_options.use_run_options`, set by `fedloom researcher run`).
+    `backend` runs the rounds elsewhere than on real nodes over gRPC, e.g.
+    `fedloom.simulation.Simulation(nodes=100, ...)` (researcher/backend.py).
     """
 
     def __init__(
