@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-__all__ = ["all_finite"]
+__all__ = ["FiniteArrays", "NonFiniteArrayError", "all_finite"]
 
 #: Elements checked per step: the boolean scratch (64 KiB) stays in cache, and no
 #: model-sized temporary is allocated for a 10M-parameter tensor.
@@ -22,3 +24,27 @@ def all_finite(array: np.ndarray) -> bool:
         if not np.isfinite(part, out=scratch[: part.size]).all():
             return False
     return True
+
+
+class NonFiniteArrayError(ValueError):
+    """An array holds NaN or infinity; `name` says which."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"non-finite values in {name!r}")
+        self.name = name
+
+
+class FiniteArrays(dict[str, np.ndarray]):
+    """Named arrays scanned once and found finite, so a later reader need not scan again.
+
+    Build it with `FiniteArrays.scanned(arrays)`, which does the scan. Like any dict it
+    could be changed afterwards: whoever builds one hands it on, not to code that writes.
+    """
+
+    @classmethod
+    def scanned(cls, arrays: Mapping[str, np.ndarray]) -> FiniteArrays:
+        """Scan every array; raise NonFiniteArrayError naming the first non-finite one."""
+        for name, value in arrays.items():
+            if not all_finite(value):
+                raise NonFiniteArrayError(name)
+        return cls(arrays)

@@ -2,9 +2,11 @@
 
 A payload is encoded once into a contiguous buffer (in memory or in a file), streamed as
 bounded `PayloadChunk`s, and reassembled by `PayloadAssembler`: in memory, into a buffer
-that grows with the data received (a manifest alone commits no memory); on disk, into a
-sparse file sized from the manifest. Decoding yields numpy views over that buffer: no
-pickle, no copies.
+that grows with the data received (a manifest alone commits no memory); on disk, written
+chunk by chunk with `pwrite` (nothing mapped while it arrives, nothing zero-filled) and
+mapped read-only when complete. Decoding yields numpy views over that buffer: no pickle,
+no copies. A payload read from a file is streamed with `pread` from the file itself, so
+serving it never maps its pages into the sender's memory.
 
 Each array belongs to a section of the manifest (`pb.PayloadSection`: parameters, aux-var
 arrays, SecAgg-masked sums); names are unique within a section. A single-purpose payload
@@ -37,6 +39,7 @@ from common.proto import fedloom_pb2 as pb
 __all__ = [
     "UNSPECIFIED",
     "EncodedPayload",
+    "FileSource",
     "PayloadAssembler",
     "Section",
     "Sections",
@@ -112,11 +115,36 @@ def _fill(buffer: Any, manifest: pb.PayloadManifest, sections: Sections) -> None
 
 
 @dataclass(frozen=True)
+class FileSource:
+    """Where a mapped payload's bytes live on disk: the file (by path and inode) and the
+    offset of its data, so senders can `pread` them instead of touching the mapping."""
+
+    path: Path
+    offset: int
+    device: int
+    inode: int
+
+    def open(self) -> int | None:
+        """A read-only descriptor on the same file, or None if the path now names another."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        stat = os.fstat(fd)
+        if (stat.st_dev, stat.st_ino) != (self.device, self.inode):
+            os.close(fd)  # replaced since it was mapped (a replayed round): use the mapping
+            return None
+        return fd
+
+
+@dataclass(frozen=True)
 class EncodedPayload:
-    """A manifest and the buffer it describes (bytearray, mmap or memoryview)."""
+    """A manifest and the buffer it describes (bytearray, mmap or memoryview); `source`
+    is set when the buffer maps a payload file."""
 
     manifest: pb.PayloadManifest
     buffer: Any
+    source: FileSource | None = None
 
     @property
     def nbytes(self) -> int:
@@ -195,12 +223,11 @@ def decode_sections(
 def iter_chunks(
     payload_id: str, payload: EncodedPayload, chunk_size: int = CHUNK_SIZE
 ) -> Iterator[pb.PayloadChunk]:
-    """Yield the payload as chunks of at most `chunk_size` bytes, manifest first."""
-    view = (
-        memoryview(payload.buffer).cast("B")
-        if not isinstance(payload.buffer, mmap.mmap)
-        else payload.buffer
-    )
+    """Yield the payload as chunks of at most `chunk_size` bytes, manifest first.
+
+    A payload mapped from a file is read with `pread`: one copy per chunk, and the
+    mapping's pages never become this process's resident memory.
+    """
     total = payload.nbytes
     first = pb.PayloadChunk(
         protocol_version=PROTOCOL_VERSION, payload_id=payload_id, manifest=payload.manifest
@@ -208,23 +235,50 @@ def iter_chunks(
     if total == 0:
         yield first
         return
-    for start in range(0, total, chunk_size):
-        chunk = first if start == 0 else pb.PayloadChunk(payload_id=payload_id)
-        chunk.offset = start
-        chunk.data = bytes(view[start : min(start + chunk_size, total)])
-        yield chunk
+    fd = payload.source.open() if payload.source is not None else None
+    try:
+        if fd is not None:
+            assert payload.source is not None
+            base = payload.source.offset
+
+            def read(start: int, stop: int) -> bytes:
+                assert fd is not None
+                data = os.pread(fd, stop - start, base + start)
+                if len(data) != stop - start:
+                    raise PayloadError(f"payload file {payload.source} shrank while being sent")
+                return data
+        else:
+            view = (
+                memoryview(payload.buffer).cast("B")
+                if not isinstance(payload.buffer, mmap.mmap)
+                else payload.buffer
+            )
+
+            def read(start: int, stop: int) -> bytes:
+                return bytes(view[start:stop])
+
+        for start in range(0, total, chunk_size):
+            chunk = first if start == 0 else pb.PayloadChunk(payload_id=payload_id)
+            chunk.offset = start
+            chunk.data = read(start, min(start + chunk_size, total))
+            yield chunk
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 class PayloadAssembler:
     """Reassemble chunks into one buffer: in memory, grown chunk by chunk (memory follows the
-    bytes actually received, never the size a manifest claims); or a sparse file when `path`
-    is set."""
+    bytes actually received, never the size a manifest claims); or into a file when `path`
+    is set, written with `pwrite` as chunks come (no mapping, no zero-fill) and mapped
+    read-only by `finish`."""
 
     def __init__(self, *, path: Path | None = None, limit: int | None = None) -> None:
         self._path = path
         self._limit = max_payload_bytes() if limit is None else limit
         self._buffer: Any = None
-        self._file: Any = None
+        self._fd: int | None = None
+        self._data_start = 0
         self.manifest: pb.PayloadManifest | None = None
         self.payload_id = ""
         self.received = 0
@@ -250,10 +304,10 @@ class PayloadAssembler:
                 f"payload {self.payload_id!r} overflows its manifest "
                 f"({end} > {self.manifest.total_bytes} bytes)"
             )
-        if self._path is None:
+        if self._fd is None:
             self._buffer += chunk.data  # chunks arrive in order (checked above): append
         else:
-            self._buffer[chunk.offset : end] = chunk.data
+            _pwrite_all(self._fd, chunk.data, self._data_start + chunk.offset)
         self.received = end
 
     def _start(self, chunk: pb.PayloadChunk) -> None:
@@ -277,18 +331,14 @@ class PayloadAssembler:
         if self._path is None:
             self._buffer = bytearray()
         else:
-            self._file = open(self._path, "w+b")
-            _write_header(self._file, chunk.manifest)
-            data_start = self._file.tell()
-            self._file.truncate(data_start + total)
-            if total:
-                self._map = mmap.mmap(self._file.fileno(), data_start + total)
-                self._buffer = memoryview(self._map)[data_start:]
-            else:
-                self._buffer = bytearray(0)
+            with open(self._path, "wb") as fh:
+                _write_header(fh, chunk.manifest)
+                self._data_start = fh.tell()
+            self._fd = os.open(self._path, os.O_WRONLY)
 
     def finish(self) -> EncodedPayload:
-        """Check completeness and return the payload (file-backed payloads are flushed and closed)."""
+        """Check completeness and return the payload (file-backed payloads are closed and
+        mapped read-only)."""
         if self.manifest is None:
             raise PayloadError("empty payload stream: no manifest was received")
         if self.received != self.manifest.total_bytes:
@@ -297,22 +347,25 @@ class PayloadAssembler:
                 f"truncated payload {self.payload_id!r}: received {self.received} of "
                 f"{self.manifest.total_bytes} bytes"
             )
-        decode_sections(self.manifest, self._buffer)  # validate specs before anyone uses them
-        if self._file is not None:
+        if self._fd is not None:
             self.close()
             assert self._path is not None
-            return read_payload_file(self._path)
+            return read_payload_file(self._path)  # it validates the specs
+        decode_sections(self.manifest, self._buffer)  # validate specs before anyone uses them
         return EncodedPayload(self.manifest, self._buffer)
 
     def close(self) -> None:
-        """Release a file-backed buffer."""
-        if self._file is not None:
-            if isinstance(self._buffer, memoryview):
-                self._buffer.release()
-                self._map.flush()
-                self._map.close()
-            self._file.close()
-            self._file = None
+        """Close a file-backed payload's file (what was written stays on disk)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _write_header(fh: Any, manifest: pb.PayloadManifest) -> None:
@@ -375,4 +428,7 @@ def read_payload_file(path: Path) -> EncodedPayload:
         if manifest.total_bytes == 0:
             return EncodedPayload(manifest, bytearray(0))
         mapped = mmap.mmap(fh.fileno(), start + manifest.total_bytes, access=mmap.ACCESS_READ)
-    return EncodedPayload(manifest, memoryview(mapped)[start:])
+        stat = os.fstat(fh.fileno())
+    buffer = memoryview(mapped)[start:]
+    decode_sections(manifest, buffer)  # check every spec against the file before any use
+    return EncodedPayload(manifest, buffer, FileSource(path, start, stat.st_dev, stat.st_ino))

@@ -240,7 +240,8 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
             f"{sorted({i.module for i in aux_out.items})}, which would carry them to the "
             "researcher: drop the aux-var module (e.g. Scaffold) or the local tags"
         )
-    trained = plan.get_parameters()
+    # Views over the trained model (no copy), written to files below before it changes.
+    trained = plan.parameter_views()
     out_sections = {
         pb.PAYLOAD_SECTION_PARAMS: tags.shared(trained),
         pb.PAYLOAD_SECTION_AUX: aux_arrays,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
+import uuid
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from common.errors import PayloadError
 from common.payload import EncodedPayload
@@ -44,10 +49,13 @@ class PayloadStore:
     A global model is published once per round and served to every selected node from the
     same buffer. An upload is accepted only while a task expects it, up to that task's size,
     and only while the bytes held for all uploads stay within the budget; it is kept until
-    the round takes it, and freed as soon as its task ends without taking it.
+    the round takes it, and freed as soon as its task ends without taking it. Uploads are
+    spooled to files in a private temporary folder (`spool_path`), so one held upload
+    costs disk and page cache, not the researcher's resident memory, until it is read.
     """
 
     def __init__(self, budget_bytes: int = MAX_UPLOAD_BYTES_IN_FLIGHT) -> None:
+        self._spool: Path | None = None
         self._published: dict[str, _Published] = {}
         self._expected: dict[tuple[str, str], ExpectedUpload] = {}
         self._received: dict[tuple[str, str], _Received] = {}
@@ -75,6 +83,14 @@ class PayloadStore:
         return entry.payload
 
     # -- uploads --------------------------------------------------------------------------
+    def spool_path(self) -> Path:
+        """A fresh file path for one upload; the caller unlinks it once mapped or refused."""
+        with self._lock:
+            if self._spool is None:
+                self._spool = Path(tempfile.mkdtemp(prefix="fedloom-uploads-"))
+                weakref.finalize(self, shutil.rmtree, self._spool, ignore_errors=True)
+            return self._spool / f"{uuid.uuid4().hex}.upload"
+
     def expect(self, node_id: str, payload_id: str, max_bytes: int) -> None:
         """Accept one upload `payload_id` from `node_id`, of at most `max_bytes`."""
         with self._lock:

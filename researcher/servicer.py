@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -339,6 +340,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         """Assemble one expected upload, counting its bytes against the budget as they come."""
         reserved = 0
         kept = False
+        assembler: PayloadAssembler | None = None
+        spooled: Path | None = None
         try:
             chunk = await self._next_chunk(context)
             if chunk is grpc.aio.EOF:
@@ -364,7 +367,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                     f"payload {payload_id!r} declares {declared} bytes, more than the "
                     f"{expected.max_bytes} the researcher expects for this task",
                 )
-            assembler = PayloadAssembler(limit=expected.max_bytes)
+            # On disk as it comes: no upload-sized buffer in memory (mapped once complete).
+            spooled = self._payloads.spool_path()
+            assembler = PayloadAssembler(path=spooled, limit=expected.max_bytes)
             while chunk is not grpc.aio.EOF:
                 if expected.ended:
                     await _abort(
@@ -396,8 +401,14 @@ class FederationServicer(pb_grpc.FederationServicer):
             log.warning("refused an upload from node %s: %s", node_id, exc)
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         finally:
+            if assembler is not None:
+                assembler.close()
+            if spooled is not None:
+                # Mapped if kept (the mapping outlives the name), useless otherwise.
+                spooled.unlink(missing_ok=True)
             if not kept and reserved:
                 self._payloads.release(reserved)  # refused or cut: its memory goes now
+        assert assembler is not None  # every path that leaves it None aborted above
         return pb.UploadAck(
             protocol_version=PROTOCOL_VERSION,
             payload_id=assembler.payload_id,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from common.errors import RoundFailedError
+from common.finite import FiniteArrays, NonFiniteArrayError
 from researcher.aggregators import Aggregator, FedAverage
 
 
@@ -47,6 +48,38 @@ def test_secure_sums_fold_like_replies() -> None:
     agg.start(a)
     agg.add_secure_sum({"w": 2 * a["w"] + 3 * b["w"]}, 5.0)
     np.testing.assert_allclose(agg.finish()["w"], (2 * a["w"] + 3 * b["w"]) / 5)
+
+
+def test_finish_writes_the_mean_over_its_float64_sums_without_another_model_buffer() -> None:
+    import tracemalloc
+
+    n = 1 << 20  # a 4 MiB float32 model, 8 MiB of float64 sums
+    a = np.linspace(-1, 1, n, dtype=np.float32)
+    b = np.full(n, 0.25, dtype=np.float32)
+    agg = FedAverage()
+    agg.start({"w": a})
+    agg.add("a", {"w": a}, 3.0)
+    agg.add("b", {"w": b}, 1.0)
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc
+    try:
+        out = agg.finish()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < n, f"finish allocated {peak} bytes for a {4 * n}-byte model"
+    expected = (a.astype(np.float64) * 3 + b.astype(np.float64)) / 4
+    assert out["w"].dtype == np.float32
+    np.testing.assert_allclose(out["w"], expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(RoundFailedError, match="no node reply"):
+        agg.finish()  # finish ended the round: the sums now hold the result
+
+
+def test_finite_arrays_are_scanned_when_built_and_name_the_bad_array() -> None:
+    good = {"w": np.ones(3, np.float32), "n": np.arange(3)}
+    assert FiniteArrays.scanned(good) == good
+    with pytest.raises(NonFiniteArrayError, match="'b'") as caught:
+        FiniteArrays.scanned({**good, "b": np.array([1.0, np.inf])})
+    assert caught.value.name == "b"
 
 
 def test_aggregator_is_an_abstract_extension_point() -> None:

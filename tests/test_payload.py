@@ -64,6 +64,41 @@ def test_file_backed_assembly_and_payload_files_round_trip(tmp_path: Path) -> No
     _assert_same(read_payload_file(tmp_path / "b.bin").arrays(), arrays)
 
 
+def _rss_file_bytes() -> int:
+    """Resident pages of mapped files in this process (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssFile in /proc/self/status")
+
+
+def test_file_payloads_stream_through_pread_and_never_become_resident(tmp_path: Path) -> None:
+    """A published round file or a node's reply file is served without mapping its pages,
+    and file assembly writes without mapping either: the sender and the receiver keep
+    neither payload in resident memory."""
+    big = {"w": np.arange(16 << 20, dtype=np.float32)}  # 64 MiB
+    write_payload_file(tmp_path / "big.bin", big)
+    source = read_payload_file(tmp_path / "big.bin")
+    before = _rss_file_bytes()
+    assembler = PayloadAssembler(path=tmp_path / "copy.bin")
+    for chunk in iter_chunks("big", source):
+        assembler.feed(chunk)
+    grown = _rss_file_bytes() - before
+    assert grown < 16 << 20, f"streaming a 64 MiB file payload mapped {grown >> 20} MiB"
+    np.testing.assert_array_equal(assembler.finish().arrays()["w"], big["w"])
+
+
+def test_a_file_replaced_after_mapping_is_still_served_from_its_mapping(tmp_path: Path) -> None:
+    old, new = {"w": np.ones(1000, np.float32)}, {"w": np.zeros(1000, np.float32)}
+    write_payload_file(tmp_path / "round.bin", old)
+    published = read_payload_file(tmp_path / "round.bin")
+    write_payload_file(tmp_path / "round.bin", new)  # a replayed round rewrites the name
+    assembler = PayloadAssembler()
+    for chunk in iter_chunks("r", published, chunk_size=1000):
+        assembler.feed(chunk)
+    np.testing.assert_array_equal(assembler.finish().arrays()["w"], old["w"])
+
+
 def test_truncated_stream_is_refused_with_the_byte_counts() -> None:
     chunks = list(iter_chunks("p3", encode_arrays(_arrays()), chunk_size=32))
     assembler = PayloadAssembler()

@@ -111,6 +111,11 @@ class BaseTrainingPlan(abc.ABC):
     def get_parameters(self) -> dict[str, np.ndarray]:
         """The parameters that travel, as numpy arrays (copies safe to keep)."""
 
+    def parameter_views(self) -> Mapping[str, np.ndarray]:
+        """The parameters that travel, possibly views over the model itself (no copy): read
+        them before the model changes again. Default: `get_parameters()`."""
+        return self.get_parameters()
+
     @abc.abstractmethod
     def set_parameters(self, params: Mapping[str, np.ndarray]) -> None:
         """Load parameters received from the researcher."""

@@ -88,8 +88,11 @@ class TorchTrainingPlan(BaseTrainingPlan):
         return isinstance(self._optimizer, torch.optim.Optimizer)
 
     def get_parameters(self) -> dict[str, np.ndarray]:
+        return {name: value.copy() for name, value in self.parameter_views().items()}
+
+    def parameter_views(self) -> dict[str, np.ndarray]:
         return {
-            name: value.detach().cpu().numpy().copy()
+            name: value.detach().cpu().numpy()
             for name, value in self.model().state_dict().items()
             if value.is_floating_point()
         }

@@ -29,11 +29,33 @@ def _accumulate(total: np.ndarray, value: np.ndarray, weight: float, scratch: np
         total[start : start + part.size] += buf
 
 
+def _finish_in_place(total: np.ndarray, divisor: float, dtype: np.dtype) -> np.ndarray:
+    """`total / divisor` cast to `dtype`, written over `total`'s own buffer when it fits.
+
+    Chunk by chunk through a cached scratch: each result chunk lands on bytes whose sums
+    were already read (result element i sits at byte i * itemsize <= i * 8), so the
+    round's result costs no second model-sized buffer. It keeps the sums' buffer alive.
+    """
+    flat = total.reshape(-1)
+    if dtype.itemsize > flat.itemsize:  # e.g. complex128: no room in place
+        result = np.empty(flat.size, dtype=dtype)
+    else:
+        result = np.frombuffer(flat.data, dtype=dtype, count=flat.size)
+    scratch = np.empty(min(_CHUNK, max(flat.size, 1)), dtype=np.float64)
+    for start in range(0, flat.size, _CHUNK):
+        buf = scratch[: min(_CHUNK, flat.size - start)]
+        np.divide(flat[start : start + buf.size], divisor, out=buf)
+        np.copyto(result[start : start + buf.size], buf, casting="unsafe")
+    return result.reshape(total.shape)
+
+
 class FedAverage(Aggregator):
     """Weighted mean, weights = the nodes' training sample counts.
 
     Sums run in float64 whatever the parameter dtype, then cast back, so the order in
-    which replies arrive changes the result by at most one float32 rounding.
+    which replies arrive changes the result by at most one float32 rounding. `finish`
+    writes the result over the sums (one float64 accumulator is all the memory it takes)
+    and ends the round: call `start` before folding again.
     """
 
     supports_secure_sum: ClassVar[bool] = True
@@ -76,17 +98,8 @@ class FedAverage(Aggregator):
     def finish(self) -> dict[str, np.ndarray]:
         if not self._nodes:
             raise RoundFailedError("no node reply to aggregate")
-        out = {}
-        for name, total in self._sums.items():
-            result = np.empty(total.shape, dtype=self._dtypes[name])
-            flat_total, flat_result = total.reshape(-1), result.reshape(-1)
-            for start in range(0, total.size, _CHUNK):
-                stop = start + _CHUNK
-                np.divide(
-                    flat_total[start:stop],
-                    self._total,
-                    out=flat_result[start:stop],
-                    casting="unsafe",
-                )
-            out[name] = result
-        return out
+        sums, self._sums, self._nodes = self._sums, {}, []
+        return {
+            name: _finish_in_place(total, self._total, self._dtypes[name])
+            for name, total in sums.items()
+        }

@@ -15,7 +15,7 @@ import numpy as np
 from declearn.optimizer.modules import AuxVar
 
 from common.errors import FedloomError
-from common.finite import all_finite
+from common.finite import FiniteArrays, NonFiniteArrayError, all_finite
 from common.optimizers.aux_codec import decode_aux_vars
 from common.payload import Section
 from common.proto import fedloom_pb2 as pb
@@ -131,8 +131,7 @@ def decode_train_reply(
         )
     params: dict[str, np.ndarray] = {}
     if not params_masked:
-        params = dict(sections.get(pb.PAYLOAD_SECTION_PARAMS, {}))
-        _check_params(params, template, where)
+        params = _check_params(sections.get(pb.PAYLOAD_SECTION_PARAMS, {}), template, where)
     elif pb.PAYLOAD_SECTION_PARAMS in sections:
         raise InvalidReplyError(
             f"{where} sent its parameters in clear although SecAgg protects them: refusing them"
@@ -182,7 +181,10 @@ def _dp_epsilon(reply: pb.TaskReply, where: str) -> float | None:
     return epsilon
 
 
-def _check_params(params: Mapping[str, np.ndarray], template: ModelTemplate, where: str) -> None:
+def _check_params(
+    params: Mapping[str, np.ndarray], template: ModelTemplate, where: str
+) -> FiniteArrays:
+    """The parameters, checked against the template and scanned finite once."""
     leaked = sorted(set(params) & template.local)
     if leaked:
         raise InvalidReplyError(
@@ -209,8 +211,10 @@ def _check_params(params: Mapping[str, np.ndarray], template: ModelTemplate, whe
             raise InvalidReplyError(
                 f"{where} sent {name!r} as {value.dtype}, the global model holds {expected}"
             )
-        if not all_finite(value):
-            raise InvalidReplyError(
-                f"{where} sent non-finite values in {name!r}: lower its learning rate or check "
-                "its data"
-            )
+    try:
+        return FiniteArrays.scanned(params)
+    except NonFiniteArrayError as exc:
+        raise InvalidReplyError(
+            f"{where} sent non-finite values in {exc.name!r}: lower its learning rate or check "
+            "its data"
+        ) from None
