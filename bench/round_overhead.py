@@ -272,9 +272,11 @@ def main() -> int:
         f"{'(peak-base)/model':>17} {'torch in researcher':>19}"
     )
     print(header)
+    results = []
     with tempfile.TemporaryDirectory(prefix="fedloom-bench-") as tmp:
         for size in (float(s) for s in args.sizes.split(",")):
             r = run_size(size, args.rounds, args.memory_rounds, Path(tmp))
+            results.append(r)
             print(
                 f"{r['params']:>11,} {r['model_mb']:>9.1f} {r['round_s']:>8.3f} "
                 f"{r['train_s']:>8.3f} {r['torch_s']:>8.3f} {r['overhead_s']:>10.3f} "
@@ -287,7 +289,35 @@ def main() -> int:
         "train s: the slowest node's local training; torch s: the same step with plain torch in "
         "one process; overhead = round - train; bare: the same bytes on one bare gRPC stream"
     )
+    print_targets(results, args.memory_rounds)
     return 0
+
+
+def print_targets(results: list[dict[str, float]], memory_rounds: int) -> None:
+    """Issue 13's targets next to this run's figures, for the sizes that have one."""
+    print("\ntargets (issue 13), from this run:")
+    for r in results:
+        millions = r["params"] / 1e6
+        if millions < 5:
+            continue  # the small model's overhead is fixed latency; no target
+        ratio = r["ratio"]
+        print(
+            f"  {millions:.0f}M: overhead / bare <= 2x: {ratio:.2f}x "
+            f"{'met' if ratio <= 2 else 'NOT met'}"
+        )
+        if 5 <= millions < 50:
+            peak = r["peak_mb"]
+            note = "" if memory_rounds >= 50 else f" (after {memory_rounds} rounds, not 50)"
+            print(
+                f"  {millions:.0f}M: researcher peak <= 500 MB{note}: {peak:.0f} MB "
+                f"{'met' if peak <= 500 else 'NOT met'}"
+            )
+        if millions >= 50:
+            extra = r["extra_over_model"]
+            print(
+                f"  {millions:.0f}M: researcher peak <= base + 3x model: base + {extra:.2f}x "
+                f"{'met' if extra <= 3 else 'NOT met'}"
+            )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,14 @@ from common.payload import (
 )
 from common.proto import fedloom_pb2 as pb
 
-__all__ = ["AggregatedParams", "NodeParams", "NodeParamsStore", "RoundFile", "read_params_file"]
+__all__ = [
+    "AggregatedParams",
+    "NodeParams",
+    "NodeParamsStore",
+    "RoundFile",
+    "read_params_file",
+    "write_npz",
+]
 
 
 class RoundFile:
@@ -32,6 +41,40 @@ class RoundFile:
         self.path = path
         self.payload: EncodedPayload = read_payload_file(path)
         self.params: dict[str, np.ndarray] = _params_of(self.payload)
+
+
+#: Bytes read from a round file at a time when copying it into an .npz.
+_NPZ_READ = 4 << 20
+
+
+def write_npz(path: Path, params: Mapping[str, np.ndarray], source: RoundFile | None) -> None:
+    """`np.savez(path, **params)`, streamed with `pread` from `source` when `params` are its
+    views: the model's pages never become the researcher's resident memory."""
+    fd = None
+    if source is not None and source.payload.source is not None and params is source.params:
+        fd = source.payload.source.open()
+    if fd is None:
+        np.savez(path, allow_pickle=False, **params)
+        return
+    assert source is not None and source.payload.source is not None
+    base = source.payload.source.offset
+    specs = {spec.name: spec for spec in source.payload.manifest.arrays}
+    try:
+        # As np.savez lays it out: one stored (uncompressed) .npy member per array.
+        with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, view in params.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    header = np.lib.format.header_data_from_array_1_0(view)  # metadata only
+                    try:  # the version np.savez picks: 1.0 unless the header is too long
+                        np.lib.format.write_array_header_1_0(member, header)
+                    except ValueError:
+                        np.lib.format.write_array_header_2_0(member, header)
+                    spec = specs[name]
+                    for start in range(0, spec.nbytes, _NPZ_READ):
+                        size = min(_NPZ_READ, spec.nbytes - start)
+                        member.write(os.pread(fd, size, base + spec.offset + start))
+    finally:
+        os.close(fd)
 
 
 def _params_of(payload: EncodedPayload) -> dict[str, np.ndarray]:

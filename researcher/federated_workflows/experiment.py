@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from common.errors import ConfigurationError, FedloomError, SecaggError
 from common.optimizers.optimizer import Optimizer
 from common.secagg import SecureAggregation
@@ -42,7 +40,7 @@ from researcher.plan_loader import load_plan_class
 from researcher.plan_probe import PlanDetails, PlanFile, probe_plan
 from researcher.privacy import node_dp_setup
 from researcher.progress import ProgressReporter, make_progress
-from researcher.round_params import AggregatedParams, NodeParamsStore
+from researcher.round_params import AggregatedParams, NodeParamsStore, write_npz
 from researcher.rounds import GrpcExchange, PlanInfo, RoundSetup, run_round
 from researcher.rounds.aggregation import check_secagg_configuration
 from researcher.rounds.exchange import Exchange
@@ -803,7 +801,7 @@ class Experiment:
         assert self._state.global_params is not None
         path = folder / FINAL_PARAMS_FILE
         tmp = folder / "final_params.tmp.npz"
-        np.savez(tmp, allow_pickle=False, **self._state.global_params)
+        write_npz(tmp, self._state.global_params, self._aggregated.latest())
         tmp.replace(path)
         log.info(
             "final global parameters written to %s; metrics in %s", path, folder / METRICS_FILE
