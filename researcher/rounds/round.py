@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from common.errors import FedloomError
 from common.optimizers.aux_codec import encode_aux_vars
-from common.payload import EncodedPayload, encode_sections
+from common.payload import EncodedPayload, Sections, read_payload_file, write_sections_file
 from common.proto import fedloom_pb2 as pb
 from common.secagg import SecureAggregation as SecaggSettings
 from common.training_args import TrainingArgs
@@ -179,8 +182,15 @@ def run_round(
         )
         listener.node_answered(round_number, reply.node_id, reply.mean_loss, reply.n_samples)
 
-    payload, aux_message = _global_payload(setup, global_params, sorted(chosen), encoded_params)
-    payload_id = exchange.publish(payload, sorted(chosen))
+    payload, aux_message, spooled = _global_payload(
+        setup, global_params, sorted(chosen), encoded_params
+    )
+    try:
+        payload_id = exchange.publish(payload, sorted(chosen))
+    except BaseException:
+        if spooled is not None:
+            spooled.unlink(missing_ok=True)
+        raise
     del payload  # the exchange holds it while nodes download
     try:
         tasks = {
@@ -192,6 +202,8 @@ def run_round(
         outcome = exchange.run_tasks(tasks, deadline, on_reply)
     finally:
         exchange.unpublish(payload_id)
+        if spooled is not None:
+            spooled.unlink(missing_ok=True)
     for node in selected:
         if node.node_id in outcome.answered:
             node.known_plans.add(setup.plan.sha256)
@@ -236,8 +248,9 @@ def _global_payload(
     global_params: Mapping[str, np.ndarray],
     node_ids: Sequence[str],
     encoded_params: EncodedPayload | None,
-) -> tuple[EncodedPayload, pb.AuxVars]:
-    """The payload every selected node downloads (encoded once), and the aux-var message."""
+) -> tuple[EncodedPayload, pb.AuxVars, Path | None]:
+    """The payload every selected node downloads (encoded once), the aux-var message, and
+    the temporary file to remove after the round when the payload had to be written."""
     message = pb.AuxVars()
     aux_arrays: dict[str, np.ndarray] = {}
     if setup.optimizer is not None:
@@ -245,11 +258,26 @@ def _global_payload(
         if aux:
             message, aux_arrays = encode_aux_vars(aux)
     if encoded_params is not None and not aux_arrays:
-        return encoded_params, message
-    payload = encode_sections(
+        return encoded_params, message, None
+    payload, spooled = _spooled_payload(
         {pb.PAYLOAD_SECTION_PARAMS: global_params, pb.PAYLOAD_SECTION_AUX: aux_arrays}
     )
-    return payload, message
+    return payload, message, spooled
+
+
+def _spooled_payload(sections: Sections) -> tuple[EncodedPayload, Path]:
+    """The payload written to a temporary file and mapped: served from the file with
+    `pread`, it never takes a model-sized buffer of the researcher's memory. The caller
+    removes the file once the payload is unpublished."""
+    fd, name = tempfile.mkstemp(prefix="fedloom-global-", suffix=".payload")
+    os.close(fd)
+    path = Path(name)
+    try:
+        write_sections_file(path, sections)
+        return read_payload_file(path), path
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _train_task(
