@@ -50,6 +50,7 @@ __all__ = [
     "iter_chunks",
     "max_payload_bytes",
     "read_payload_file",
+    "release_file_pages",
     "write_payload_file",
     "write_sections_file",
 ]
@@ -366,6 +367,28 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+def release_file_pages(arrays: Mapping[str, np.ndarray]) -> None:
+    """Drop from this process's resident memory the pages of read-only file mappings that
+    `arrays` view (payload files read by `read_payload_file`) after a full read of them;
+    the data stays in the file and the page cache, and comes back on the next access.
+
+    Only read-only shared mappings are released: they hold no private change to lose.
+    """
+    seen: set[int] = set()
+    for array in arrays.values():
+        base: Any = array
+        while isinstance(base, np.ndarray):
+            base = base.base
+        mapped = base.obj if isinstance(base, memoryview) else base
+        if not isinstance(mapped, mmap.mmap) or id(mapped) in seen or mapped.closed:
+            continue
+        seen.add(id(mapped))
+        with memoryview(mapped) as view:
+            readonly = view.readonly
+        if readonly:
+            mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def _write_header(fh: Any, manifest: pb.PayloadManifest) -> None:

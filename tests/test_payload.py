@@ -15,6 +15,7 @@ from common.payload import (
     encode_arrays,
     iter_chunks,
     read_payload_file,
+    release_file_pages,
     write_payload_file,
 )
 from common.proto import fedloom_pb2 as pb
@@ -86,6 +87,20 @@ def test_file_payloads_stream_through_pread_and_never_become_resident(tmp_path: 
     grown = _rss_file_bytes() - before
     assert grown < 16 << 20, f"streaming a 64 MiB file payload mapped {grown >> 20} MiB"
     np.testing.assert_array_equal(assembler.finish().arrays()["w"], big["w"])
+
+
+def test_pages_of_a_fully_read_payload_file_can_be_released_and_read_again(
+    tmp_path: Path,
+) -> None:
+    big = {"w": np.arange(16 << 20, dtype=np.float32), "small": np.ones(3)}
+    write_payload_file(tmp_path / "big.bin", big)
+    mapped = read_payload_file(tmp_path / "big.bin").arrays()
+    before = _rss_file_bytes()
+    assert float(mapped["w"][::1024].sum()) > 0  # touches every page
+    assert _rss_file_bytes() - before > 48 << 20
+    release_file_pages({**mapped, "heap": np.zeros(4)})  # heap arrays are left alone
+    assert _rss_file_bytes() - before < 16 << 20
+    np.testing.assert_array_equal(mapped["w"], big["w"])  # read back from the page cache
 
 
 def test_a_file_replaced_after_mapping_is_still_served_from_its_mapping(tmp_path: Path) -> None:

@@ -21,7 +21,13 @@ import numpy as np
 
 from common.errors import FedloomError
 from common.optimizers.aux_codec import encode_aux_vars
-from common.payload import EncodedPayload, Sections, read_payload_file, write_sections_file
+from common.payload import (
+    EncodedPayload,
+    Sections,
+    read_payload_file,
+    release_file_pages,
+    write_sections_file,
+)
 from common.proto import fedloom_pb2 as pb
 from common.secagg import SecureAggregation as SecaggSettings
 from common.training_args import TrainingArgs
@@ -262,6 +268,9 @@ def _global_payload(
     payload, spooled = _spooled_payload(
         {pb.PAYLOAD_SECTION_PARAMS: global_params, pb.PAYLOAD_SECTION_AUX: aux_arrays}
     )
+    # Round 1's parameters map the plan probe's file: writing them read every page, which
+    # would stay resident through the round.
+    release_file_pages(global_params)
     return payload, message, spooled
 
 
