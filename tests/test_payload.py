@@ -19,6 +19,7 @@ from common.payload import (
     write_payload_file,
 )
 from common.proto import fedloom_pb2 as pb
+from tests.resident_memory import rss_file_bytes
 
 
 def _arrays() -> dict[str, np.ndarray]:
@@ -65,14 +66,6 @@ def test_file_backed_assembly_and_payload_files_round_trip(tmp_path: Path) -> No
     _assert_same(read_payload_file(tmp_path / "b.bin").arrays(), arrays)
 
 
-def _rss_file_bytes() -> int:
-    """Resident pages of mapped files in this process (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssFile in /proc/self/status")
-
-
 def test_file_payloads_stream_through_pread_and_never_become_resident(tmp_path: Path) -> None:
     """A published round file or a node's reply file is served without mapping its pages,
     and file assembly writes without mapping either: the sender and the receiver keep
@@ -80,11 +73,11 @@ def test_file_payloads_stream_through_pread_and_never_become_resident(tmp_path: 
     big = {"w": np.arange(16 << 20, dtype=np.float32)}  # 64 MiB
     write_payload_file(tmp_path / "big.bin", big)
     source = read_payload_file(tmp_path / "big.bin")
-    before = _rss_file_bytes()
+    before = rss_file_bytes()
     assembler = PayloadAssembler(path=tmp_path / "copy.bin")
     for chunk in iter_chunks("big", source):
         assembler.feed(chunk)
-    grown = _rss_file_bytes() - before
+    grown = rss_file_bytes() - before
     assert grown < 16 << 20, f"streaming a 64 MiB file payload mapped {grown >> 20} MiB"
     np.testing.assert_array_equal(assembler.finish().arrays()["w"], big["w"])
 
@@ -95,11 +88,11 @@ def test_pages_of_a_fully_read_payload_file_can_be_released_and_read_again(
     big = {"w": np.arange(16 << 20, dtype=np.float32), "small": np.ones(3)}
     write_payload_file(tmp_path / "big.bin", big)
     mapped = read_payload_file(tmp_path / "big.bin").arrays()
-    before = _rss_file_bytes()
+    before = rss_file_bytes()
     assert float(mapped["w"][::1024].sum()) > 0  # touches every page
-    assert _rss_file_bytes() - before > 48 << 20
+    assert rss_file_bytes() - before > 48 << 20
     release_file_pages({**mapped, "heap": np.zeros(4)})  # heap arrays are left alone
-    assert _rss_file_bytes() - before < 16 << 20
+    assert rss_file_bytes() - before < 16 << 20
     np.testing.assert_array_equal(mapped["w"], big["w"])  # read back from the page cache
 
 

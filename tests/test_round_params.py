@@ -7,13 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from researcher.round_params import AggregatedParams, write_npz
-
-
-def _rss_file_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssFile in /proc/self/status (Linux only)")
+from tests.resident_memory import rss_file_bytes
 
 
 def test_final_npz_streams_from_the_round_file_and_loads_like_np_savez(tmp_path: Path) -> None:
@@ -23,9 +17,9 @@ def test_final_npz_streams_from_the_round_file_and_loads_like_np_savez(tmp_path:
         "steps": np.array(3, dtype=np.int64),
     }
     round_file = AggregatedParams(lambda: tmp_path / "rounds").record(1, params)
-    before = _rss_file_bytes()
+    before = rss_file_bytes()
     write_npz(tmp_path / "final.npz", round_file.params, round_file)
-    grown = _rss_file_bytes() - before
+    grown = rss_file_bytes() - before
     assert grown < 16 << 20, f"writing a 64 MiB model mapped {grown >> 20} MiB of it"
     with np.load(tmp_path / "final.npz", allow_pickle=False) as got:
         assert sorted(got.files) == sorted(params)
