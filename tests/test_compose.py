@@ -297,8 +297,9 @@ def test_certs_role_gives_each_mounted_folder_only_its_own_files(tmp_path: Path)
         "FEDLOOM_ALLOWED_NODES": "node-1,node-7",
     }
     for _ in range(2):  # the second run reuses the CA and changes nothing
+        # A generous bound: each run starts several Python processes, slow on a loaded CI host.
         proc = subprocess.run(
-            ["sh", str(ENTRYPOINT), "certs"], env=env, capture_output=True, text=True, timeout=60
+            ["sh", str(ENTRYPOINT), "certs"], env=env, capture_output=True, text=True, timeout=300
         )
         assert proc.returncode == 0, proc.stderr
     files = {p.name: sorted(f.name for f in p.iterdir()) for p in export.iterdir()}

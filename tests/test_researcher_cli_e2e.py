@@ -190,6 +190,10 @@ def test_datasets_lists_the_matching_datasets_of_each_connected_node(
     assert by_node["north"]["tags"] == ["#tab"] and by_node["north"]["shape"] == [80, 5]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_the_run_and_leaves_a_loadable_checkpoint(
     tmp_path, start_node, researcher_address
 ):
@@ -211,6 +215,10 @@ def test_ctrl_c_stops_the_run_and_leaves_a_loadable_checkpoint(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            # A shell without job control starts background jobs with SIGINT ignored, and
+            # Python then keeps it ignored: give the run the default a terminal's Ctrl-C
+            # finds, whatever way the test suite itself was launched.
+            preexec_fn=_default_sigint,
         )
         _start_nodes(tmp_path, start_node, researcher_address)
         folder = out / "interrupted"
