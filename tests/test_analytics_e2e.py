@@ -210,7 +210,9 @@ def test_nodes_refuse_unknown_and_text_columns_and_cohorts_below_their_minimum(
     node_a = start_node(a, datasets=[("cohort", TAGS, path_a, None)])
     node_b = start_node(b, datasets=[("cohort", TAGS, path_b, None)])
     # The operator of node b raises its threshold above its 75 rows, from the node CLI.
-    done = run_fedloom("node", "--home", str(node_b.home), "dataset", "min-cohort", "cohort", "100")
+    done = run_fedloom(
+        "node", "--home", str(node_b.home), "dataset", "min-cohort", "cohort", "100", timeout=180
+    )
     assert done.returncode == 0, done.stderr
     assert "refused below 100" in done.stdout
     wait_for_nodes(2)

@@ -88,9 +88,16 @@ class TorchTrainingPlan(BaseTrainingPlan):
         return isinstance(self._optimizer, torch.optim.Optimizer)
 
     def get_parameters(self) -> dict[str, np.ndarray]:
-        return {name: value.copy() for name, value in self.parameter_views().items()}
+        return {name: value.copy() for name, value in self._model_views().items()}
 
     def parameter_views(self) -> dict[str, np.ndarray]:
+        if type(self).get_parameters is not TorchTrainingPlan.get_parameters:
+            # A plan that overrides get_parameters decides what travels: honour it.
+            return dict(self.get_parameters())
+        return self._model_views()
+
+    def _model_views(self) -> dict[str, np.ndarray]:
+        """The model's floating tensors as numpy views (no copy)."""
         return {
             name: value.detach().cpu().numpy()
             for name, value in self.model().state_dict().items()
