@@ -7,6 +7,7 @@ fault), hashes its content (``verify`` compares that hash later) and loads it fo
 
 from __future__ import annotations
 
+import abc
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class DatasetInspection:
     options: Mapping[str, str] = field(default_factory=dict)
 
 
-class DatasetType:
+class DatasetType(abc.ABC):
     """One kind of dataset. Subclasses set the class attributes and define ``inspect`` and ``load``."""
 
     name: ClassVar[str]
@@ -59,17 +60,17 @@ class DatasetType:
     #: What the type is, for messages ("a folder of class sub-folders").
     description: ClassVar[str] = ""
 
+    @abc.abstractmethod
     def inspect(
         self, path: Path, target: str | None, options: Mapping[str, str]
     ) -> DatasetInspection:
         """Check the dataset at ``path`` (absolute) and measure it; ``DatasetError`` naming the fault."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load(
         self, path: Path, target: str | None, options: Mapping[str, str], **kwargs: Any
     ) -> Any:
         """The dataset as a plan uses it (``BaseTrainingPlan.load_dataset``)."""
-        raise NotImplementedError
 
     def content_hash(
         self, path: Path, options: Mapping[str, str]
@@ -82,18 +83,18 @@ class DatasetType:
     def get_state(self) -> Mapping[str, Any]:
         return {"name": self.name}
 
-    def set_state(self, state: Mapping[str, Any]) -> None:
+    def set_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Types hold no state."""
 
 
 class FileDatasetType(DatasetType):
     """A type held in one file: ``measure`` gives samples, shape and columns; the hash is the file's."""
 
+    @abc.abstractmethod
     def measure(
         self, path: Path, target: str | None
     ) -> tuple[int, tuple[int, ...], tuple[str, ...]]:
         """``(n_samples, shape, columns)`` of the file, or ``DatasetError`` naming the fault."""
-        raise NotImplementedError
 
     def inspect(
         self, path: Path, target: str | None, options: Mapping[str, str]
