@@ -15,7 +15,11 @@ table's last column says whether it did.
 Targets (issue 13): overhead <= 2x bare; peak <= 500 MB at 10M after 50 rounds; at 100M,
 peak <= baseline + 3x the model.
 
+With --trace, the researcher and the nodes record a timeline (common/trace.py) and the
+benchmark prints, for each size, where the best steady-state round spent its time.
+
 Usage: python bench/round_overhead.py [--sizes 1e5,1e7,1e8] [--rounds 3] [--memory-rounds 50]
+       [--trace]
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from common.trace import TRACE_ENV  # noqa: E402
 
 N_NODES = 3
 CHUNK = 1 << 20
@@ -146,7 +152,9 @@ def researcher_main(width: int, rounds: int, total_rounds: int, address: str, ou
     )
 
 
-def run_size(n_params: float, rounds: int, memory_rounds: int, work: Path) -> dict[str, float]:
+def run_size(
+    n_params: float, rounds: int, memory_rounds: int, work: Path, trace: bool
+) -> dict[str, float]:
     from round_plan import SquareLinear
 
     from common.training_plans.source import plan_source
@@ -160,6 +168,9 @@ def run_size(n_params: float, rounds: int, memory_rounds: int, work: Path) -> di
     data = work / "tiny.csv"
     data.write_text("a,y\n1,0\n2,1\n")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}"}
+    trace_path = work / f"trace-{width}.jsonl"
+    if trace:
+        env[TRACE_ENV] = str(trace_path)
     nodes = []
     for i in range(N_NODES):
         home = work / f"w{width}-node{i}"
@@ -211,6 +222,9 @@ def run_size(n_params: float, rounds: int, memory_rounds: int, work: Path) -> di
     overhead = min(r["seconds"] - r["max_train"] for r in steady)
     moved = 2 * N_NODES * model_bytes
     bare = bare_grpc_seconds(moved)
+    if trace:
+        best = min(steady, key=lambda r: r["seconds"] - r["max_train"])
+        print_timeline(trace_path, best["round"])
     return {
         "params": width * width,
         "model_mb": model_bytes / 1e6,
@@ -228,6 +242,28 @@ def run_size(n_params: float, rounds: int, memory_rounds: int, work: Path) -> di
         "torch_s": torch_step,
         "torch_imported": result["torch_imported"],
     }
+
+
+def print_timeline(path: Path, round_number: int) -> None:
+    """Every span of round `round_number`, in ms from the researcher's round start."""
+    spans = [json.loads(line) for line in path.read_text().splitlines()]
+    rounds = [s for s in spans if s["name"] == "researcher.round" and s["round"] == round_number]
+    if not rounds:
+        print(f"(no trace of round {round_number})")
+        return
+    begin, end = rounds[0]["start"], rounds[0]["end"]
+    inside = sorted(
+        (s for s in spans if begin - 1e-3 <= s["start"] <= end), key=lambda s: s["start"]
+    )
+    print(f"\ntimeline of round {round_number} (ms from its start; pid; span):")
+    for s in inside:
+        extra = ",".join(
+            f"{k}={v}" for k, v in s.items() if k not in {"name", "pid", "start", "end"}
+        )
+        print(
+            f"  {1000 * (s['start'] - begin):8.1f} {1000 * (s['end'] - begin):8.1f} "
+            f"{1000 * (s['end'] - s['start']):7.1f}  {s['pid']:>7} {s['name']} {extra}"
+        )
 
 
 def plain_torch_seconds(width: int) -> float:
@@ -254,6 +290,9 @@ def main() -> int:
     parser.add_argument(
         "--memory-rounds", type=int, default=50, help="rounds after which peak RSS is read again"
     )
+    parser.add_argument(
+        "--trace", action="store_true", help="print where the best round spent its time"
+    )
     parser.add_argument("--researcher", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--address", default="", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
@@ -275,7 +314,7 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="fedloom-bench-") as tmp:
         for size in (float(s) for s in args.sizes.split(",")):
-            r = run_size(size, args.rounds, args.memory_rounds, Path(tmp))
+            r = run_size(size, args.rounds, args.memory_rounds, Path(tmp), args.trace)
             results.append(r)
             print(
                 f"{r['params']:>11,} {r['model_mb']:>9.1f} {r['round_s']:>8.3f} "

@@ -51,6 +51,7 @@ __all__ = [
     "max_payload_bytes",
     "read_payload_file",
     "release_file_pages",
+    "release_window",
     "write_payload_file",
     "write_sections_file",
 ]
@@ -389,6 +390,28 @@ def release_file_pages(arrays: Mapping[str, np.ndarray]) -> None:
             readonly = view.readonly
         if readonly:
             mapped.madvise(mmap.MADV_DONTNEED)
+
+
+def release_window(view: np.ndarray) -> None:
+    """Drop from resident memory the whole pages that the contiguous `view` covers in a
+    read-only file mapping (as `release_file_pages`, for one window of an array): a reader
+    going through a mapped upload window by window keeps one window resident, not the
+    upload. Does nothing for arrays that are not views over such a mapping."""
+    base: Any = view
+    while isinstance(base, np.ndarray):
+        base = base.base
+    mapped = base.obj if isinstance(base, memoryview) else base
+    if not isinstance(mapped, mmap.mmap) or mapped.closed or not view.flags.c_contiguous:
+        return
+    with memoryview(mapped) as whole:
+        if not whole.readonly:
+            return
+        origin = np.frombuffer(whole, dtype=np.uint8, count=1).ctypes.data
+    offset = view.ctypes.data - origin
+    start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only: round inward
+    end = (offset + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if 0 <= start < end <= len(mapped):
+        mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def _write_header(fh: Any, manifest: pb.PayloadManifest) -> None:

@@ -186,20 +186,19 @@ class TaskExecutor:
         started = time.monotonic()
         try:
             zygote.submit(task_path)
-            first = zygote.next_line(FORK_TIMEOUT_SECONDS)
+            pid, done_early = self._started(zygote)
         except (BrokenPipeError, TimeoutError):
-            first = None
-        if first is None or not first.startswith("pid "):
+            pid, done_early = None, False
+        if pid is None:
             zygote.close()
             return error_result(
                 "WorkerDied", "the training process could not be started; retry the round"
             )
-        pid = int(first.split()[1])
         with self._lock:
             self._running[task_id] = pid
         timed_out = False
         try:
-            code = self._wait_exit(zygote, pid, timeout)
+            code = 0 if done_early else self._wait_exit(zygote, pid, timeout)
         except TimeoutError:
             timed_out = True
             _kill_group(pid)
@@ -232,13 +231,38 @@ class TaskExecutor:
         return error_result("WorkerDied", _describe_exit(code, elapsed))
 
     @staticmethod
+    def _started(zygote: _Zygote) -> tuple[int | None, bool]:
+        """The pid of the supervisor the zygote forked for the task just submitted (None if
+        it could not), and whether it already said `done`.
+
+        `exit` lines of earlier tasks, which ended on their `done`, are skipped; a task's
+        own `done` may overtake the zygote's `pid` line, which then follows it.
+        """
+        done: str | None = None
+        while True:
+            line = zygote.next_line(FORK_TIMEOUT_SECONDS)
+            if line is None:
+                return None, False
+            kind, _, rest = line.partition(" ")
+            if kind == "pid":
+                return int(rest), rest == done
+            if kind == "done":
+                done = rest
+            elif kind != "exit":
+                return None, False
+
+    @staticmethod
     def _wait_exit(zygote: _Zygote, pid: int, timeout: float) -> int | None:
+        """The supervisor's exit code, 0 as soon as it says `done` (its result is written;
+        its process is still ending), or None when the zygote died."""
         deadline = time.monotonic() + timeout
         while True:
             line = zygote.next_line(max(0.0, deadline - time.monotonic()))
             if line is None:
                 return None  # the zygote itself died
             parts = line.split()
+            if parts[:2] == ["done", str(pid)]:
+                return 0
             if parts[:2] == ["exit", str(pid)]:
                 return int(parts[2])
 

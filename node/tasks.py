@@ -19,6 +19,7 @@ from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 from common.secagg.advert import NodeIdentity
 from common.task_uploads import upload_payload_id
+from common.trace import span
 from common.training_args import TrainingArgs
 from node.executor import STOPPED_KIND, TaskExecutor
 from node.home import NodeHome
@@ -94,7 +95,17 @@ class TaskHandler:
         task_dir = self.home.path / "tasks" / uuid.uuid4().hex[:12]
         task_dir.mkdir(parents=True)
         try:
-            reply = self._run(task, task_dir)
+            self._handle(task, task_dir, started)
+        finally:
+            # After the reply went out: deleting the task's model-sized files is not the
+            # researcher's wait.
+            with span("node.cleanup"):
+                shutil.rmtree(task_dir, ignore_errors=True)
+
+    def _handle(self, task: pb.TaskRequest, task_dir: Path, started: float) -> None:
+        try:
+            with span("node.task", round=task.round):
+                reply = self._run(task, task_dir)
         except TaskRefused as exc:
             log.error("task %s refused: %s", task.task_id, exc)
             reply = _error_reply(task, exc.kind, str(exc))
@@ -107,9 +118,8 @@ class TaskHandler:
         except Exception as exc:  # the daemon must survive anything a task does
             log.exception("task %s: unexpected error", task.task_id)
             reply = _error_reply(task, type(exc).__name__, f"node-side error: {exc}")
-        finally:
-            shutil.rmtree(task_dir, ignore_errors=True)
-        self._record_end(task, reply, time.monotonic() - started)
+        with span("node.record_end"):
+            self._record_end(task, reply, time.monotonic() - started)
         self.current_task = None
         self.current_experiment = None
         self.on_task_change(None, None)
@@ -186,7 +196,8 @@ class TaskHandler:
         if stub is None:
             raise TaskRefused("Disconnected", "lost the researcher before the task started")
         global_path = task_dir / "global.bin"
-        download_payload(stub, self.home.node_id, train.params_payload_id, global_path)
+        with span("node.download"):
+            download_payload(stub, self.home.node_id, train.params_payload_id, global_path)
         state_dir = self._state_dir(task.experiment_id)
         state_dir.mkdir(parents=True, exist_ok=True)  # the plan may write only inside it
         worker_task = pb.WorkerTask(
@@ -228,9 +239,10 @@ class TaskHandler:
             train.plan.class_name,
             dataset.name,
         )
-        result = self._executor.run(
-            worker_task, timeout, lambda level, msg: self._relay(task, level, msg)
-        )
+        with span("node.execute"):
+            result = self._executor.run(
+                worker_task, timeout, lambda level, msg: self._relay(task, level, msg)
+            )
         if not result.ok:
             reply = _error_reply(task, result.error.kind or "PlanError", result.error.message)
             reply.error.traceback = result.error.traceback
@@ -243,13 +255,14 @@ class TaskHandler:
             task, dataset.name, training_args, result, researcher=self.researcher_id
         )
         payload_id = upload_payload_id(task)
-        upload_with_retry(
-            self._stub,
-            self.home.node_id,
-            payload_id,
-            Path(worker_task.reply_payload_path),
-            self._upload_deadline,
-        )
+        with span("node.upload"):
+            upload_with_retry(
+                self._stub,
+                self.home.node_id,
+                payload_id,
+                Path(worker_task.reply_payload_path),
+                self._upload_deadline,
+            )
         return pb.TaskReply(
             task_id=task.task_id,
             experiment_id=task.experiment_id,

@@ -15,6 +15,7 @@ relayed to the researcher.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from common.proto import fedloom_pb2 as pb
+from common.trace import span
 from node.containment import (
     become_subreaper,
     confine_process,
@@ -204,33 +206,25 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
         import torch
 
         torch.manual_seed(int(training_args.random_seed))
-    plan_class = _load_plan_class(Path(task.plan_path), task.class_name)
-    plan = plan_class()
-    plan.dataset_path = task.dataset_path
-    plan.dataset_type = task.dataset_type or None
-    plan.dataset_target = task.dataset_target or None
-    plan.dataset_options = json.loads(task.dataset_options_json or "{}")
-    if training_args.local_dp is not None:
-        _prepare_private_training(plan, task)
-    # Local parameters have no global value: they need the model's real initial weights.
-    personalized = bool(plan.local_parameters or plan.persistent_parameters)
-    with contextlib.nullcontext() if personalized else _skip_torch_weight_init():
-        # Every floating tensor of the model is overwritten by the global parameters just
-        # below, so drawing random initial weights would be wasted work (0.1 s per 10M).
-        plan.post_init(json.loads(task.model_args_json or "{}"), training_args)
-    sections = read_payload_file(Path(task.global_payload_path)).sections()
+    with span("plan.build"):
+        plan, personalized = _build_plan(task, training_args)
+    with span("plan.read_global"):
+        sections = read_payload_file(Path(task.global_payload_path)).sections()
     state_dir = Path(task.state_dir)
     tags = plan.parameter_tags() if personalized else ParameterTags()
     own = tags.own(_read_personal(state_dir, task.round)) if tags else None
-    plan.set_shared_parameters(sections.get(pb.PAYLOAD_SECTION_PARAMS, {}))
-    optimizer = plan.training_optimizer()
-    saved = _read_state(state_dir, task.round)
-    if saved is not None:
-        optimizer.import_state(*saved)
-    if task.aux_vars.items:
-        aux_arrays = sections.get(pb.PAYLOAD_SECTION_AUX, {})
-        optimizer.process_aux_var(decode_aux_vars(task.aux_vars, aux_arrays, plan.vector_kind))
-    outcome = plan.run_local_training(optimizer, own)
+    with span("plan.set_params"):
+        plan.set_shared_parameters(sections.get(pb.PAYLOAD_SECTION_PARAMS, {}))
+    with span("plan.optimizer"):
+        optimizer = plan.training_optimizer()
+        saved = _read_state(state_dir, task.round)
+        if saved is not None:
+            optimizer.import_state(*saved)
+        if task.aux_vars.items:
+            aux_arrays = sections.get(pb.PAYLOAD_SECTION_AUX, {})
+            optimizer.process_aux_var(decode_aux_vars(task.aux_vars, aux_arrays, plan.vector_kind))
+    with span("plan.train"):
+        outcome = plan.run_local_training(optimizer, own)
     aux_out, aux_arrays = encode_aux_vars(optimizer.collect_aux_var(), prefix="aux")
     if tags.local and aux_out.items:
         # Aux vars (Scaffold's state) are computed over every trainable parameter: local
@@ -246,9 +240,11 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
         pb.PAYLOAD_SECTION_PARAMS: tags.shared(trained),
         pb.PAYLOAD_SECTION_AUX: aux_arrays,
     }
-    meta, state_arrays = optimizer.export_state()
-    _write_state(state_dir, task.round, meta, state_arrays, tags.own(trained))
-    write_sections_file(Path(task.scratch_dir) / PLAN_PAYLOAD, out_sections)
+    with span("plan.write_state"):
+        meta, state_arrays = optimizer.export_state()
+        _write_state(state_dir, task.round, meta, state_arrays, tags.own(trained))
+    with span("plan.write_reply"):
+        write_sections_file(Path(task.scratch_dir) / PLAN_PAYLOAD, out_sections)
     log.info(
         "trained %d step(s) on %d samples in %.2f s, last loss %s",
         outcome.n_steps,
@@ -267,6 +263,26 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
         vector_kind=plan.vector_kind,
         **_dp_fields(outcome),
     )
+
+
+def _build_plan(task: pb.WorkerTask, training_args: Any) -> tuple[Any, bool]:
+    """The plan object with its model built; True when it has local or persistent
+    parameters (personalization)."""
+    plan_class = _load_plan_class(Path(task.plan_path), task.class_name)
+    plan = plan_class()
+    plan.dataset_path = task.dataset_path
+    plan.dataset_type = task.dataset_type or None
+    plan.dataset_target = task.dataset_target or None
+    plan.dataset_options = json.loads(task.dataset_options_json or "{}")
+    if training_args.local_dp is not None:
+        _prepare_private_training(plan, task)
+    # Local parameters have no global value: they need the model's real initial weights.
+    personalized = bool(plan.local_parameters or plan.persistent_parameters)
+    with contextlib.nullcontext() if personalized else _skip_torch_weight_init():
+        # Every floating tensor of the model is overwritten by the global parameters just
+        # below, so drawing random initial weights would be wasted work (0.1 s per 10M).
+        plan.post_init(json.loads(task.model_args_json or "{}"), training_args)
+    return plan, personalized
 
 
 def _prepare_private_training(plan: Any, task: pb.WorkerTask) -> None:
@@ -413,8 +429,9 @@ def _plan_process(task: pb.WorkerTask) -> None:
     os.environ["TMPDIR"] = str(tmp)  # tempfile and libraries write inside the box
     tempfile.tempdir = None
     try:
-        confine_process(task.limits, [scratch, Path(task.state_dir)])
-        result = run_task(task)
+        with span("plan.process"):  # opens the trace file before confinement
+            confine_process(task.limits, [scratch, Path(task.state_dir)])
+            result = run_task(task)
     except BaseException as exc:  # the plan is untrusted: any failure becomes a reply
         result = _plan_error(exc, task.limits)
     write_message(scratch / PLAN_RESULT, result)
@@ -438,11 +455,12 @@ def _plan_outcome(
         result = read_worker_result(result_path)
         if not result.ok:
             return result
-        if task.secagg.enabled:
-            _mask_reply(task, result, scratch / PLAN_PAYLOAD, global_digest)
-        else:
-            _check_payload(scratch / PLAN_PAYLOAD)
-            os.replace(scratch / PLAN_PAYLOAD, task.reply_payload_path)
+        with span("supervisor.reply"):
+            if task.secagg.enabled:
+                _mask_reply(task, result, scratch / PLAN_PAYLOAD, global_digest)
+            else:
+                _check_payload(scratch / PLAN_PAYLOAD)
+                os.replace(scratch / PLAN_PAYLOAD, task.reply_payload_path)
     except WorkerProtocolError as exc:
         return error_result("BadResult", f"the training plan left an unusable result: {exc}")
     except Exception as exc:  # masking a forged or broken reply: a reason, not a crash
@@ -506,9 +524,10 @@ def _serve_forks() -> None:
     """Zygote loop: fork one supervisor per task file path read on stdin.
 
     Protocol on stdout, one line each: ``ready`` once imports are done, ``pid <supervisor
-    pid>`` when a task starts and ``exit <supervisor pid> <exit code>`` when it ends
-    (negative: killed by that signal). On stderr, after the task's log lines,
-    ``{"task_end": <pid>}`` marks their end.
+    pid>`` when a task starts, ``done <supervisor pid>`` from the supervisor itself once
+    its result file is written (the task is over), and ``exit <supervisor pid> <exit
+    code>`` when the supervisor has ended (negative: killed by that signal). On stderr,
+    after the task's log lines, ``{"task_end": <pid>}`` marks their end.
     """
     become_subreaper()  # a supervisor killed by the daemon leaves its orphans to us
     signal.signal(signal.SIGTERM, _terminate)
@@ -523,12 +542,18 @@ def _serve_forks() -> None:
         if not task_path:
             continue
         _warm_up_for(Path(task_path))
+        # Out of the collector's sight: the first collection in a fresh fork would otherwise
+        # walk every object torch left in this process (0.5 s at each task) and, by touching
+        # their headers, copy the zygote's pages into the child.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
                 os.setpgid(0, 0)  # its own group: the daemon can kill it and its plan at once
-                _supervise(Path(task_path))
+                with span("supervisor"):
+                    _supervise(Path(task_path))
+                _report_done(protocol)
             except WorkerProtocolError as exc:
                 log.error("%s", exc)
                 code = 1
@@ -543,12 +568,27 @@ def _serve_forks() -> None:
         leftovers = kill_descendants()
         if leftovers:
             log.warning("stopped %d process(es) left by a stopped task", leftovers)
-        # The task's log lines are all in the stderr pipe by now; this marker follows them,
-        # so the daemon can relay every one of them before it sends the task's reply.
-        sys.stderr.write(json.dumps({LOG_END_KEY: pid}) + "\n")
-        sys.stderr.flush()
-        protocol.write(f"exit {pid} {os.waitstatus_to_exitcode(status)}\n")
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:  # (on success the supervisor wrote the marker with its `done` line)
+            _mark_logs_end(pid)
+        protocol.write(f"exit {pid} {code}\n")
     kill_descendants()
+
+
+def _mark_logs_end(pid: int) -> None:
+    """Mark the end of task `pid`'s log lines on stderr: they are all in the pipe by now,
+    so the daemon can relay every one of them before it sends the task's reply."""
+    sys.stderr.write(json.dumps({LOG_END_KEY: pid}) + "\n")
+    sys.stderr.flush()
+
+
+def _report_done(protocol: Any) -> None:
+    """In a supervisor whose result file is complete and whose plan processes are all
+    dead: tell the daemon, which may go on while this process is still being torn down
+    (tens of milliseconds for a fork of the zygote)."""
+    pid = os.getpid()
+    _mark_logs_end(pid)
+    protocol.write(f"done {pid}\n")  # one short line: atomic among the pipe's writers
 
 
 def _warm_up_for(task_path: Path) -> None:

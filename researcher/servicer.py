@@ -25,6 +25,7 @@ from common.errors import FedloomError
 from common.payload import PayloadAssembler, iter_chunks
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
+from common.trace import span
 from researcher.node_directory import ConnectedNode, NodeDirectory
 from researcher.payload_store import PayloadStore
 from researcher.server_limits import ServerLimits
@@ -280,8 +281,9 @@ class FederationServicer(pb_grpc.FederationServicer):
             payload = self._payloads.fetch(request.payload_id, request.node_id)
         except FedloomError as exc:
             await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        for chunk in iter_chunks(request.payload_id, payload):
-            yield chunk
+        with span("researcher.serve_download", node=request.node_id[:8]):
+            for chunk in iter_chunks(request.payload_id, payload):
+                yield chunk
 
     async def Upload(
         self, request_iterator: AsyncIterator[pb.PayloadChunk], context: Any
@@ -319,7 +321,8 @@ class FederationServicer(pb_grpc.FederationServicer):
             )
         self._uploads[node_id] += 1
         try:
-            return await self._receive(node_id, context)
+            with span("researcher.receive_upload", node=node_id[:8]):
+                return await self._receive(node_id, context)
         finally:
             self._uploads[node_id] -= 1
             if self._uploads[node_id] <= 0:

@@ -28,7 +28,24 @@ def test_fedaverage_equals_the_sample_weighted_mean_in_each_dtype() -> None:
     for name in ("w", "b", "s"):
         expected = sum(p[name].astype(np.float64) * w for p, w in replies.values()) / total
         assert got[name].dtype == replies["n0"][0][name].dtype
-        np.testing.assert_allclose(got[name], expected, rtol=1e-6, atol=1e-7)  # float32 rounding
+        # float32 results: one float32 rounding; float64 ones: a few float64 roundings.
+        rtol, atol = (1e-6, 1e-7) if got[name].dtype == np.float32 else (1e-13, 1e-15)
+        np.testing.assert_allclose(got[name], expected, rtol=rtol, atol=atol)
+
+
+def test_replies_and_a_secure_sum_fold_in_any_order_to_the_same_mean() -> None:
+    rng = np.random.default_rng(3)
+    replies = [(rng.normal(size=50), w) for w in (7.0, 1.0, 1e6, 0.5)]
+    secure = (rng.normal(size=50) * 40.0, 40.0)  # a sum of weight 40
+    expected = (sum(p * w for p, w in replies) + secure[0]) / (sum(w for _, w in replies) + 40)
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        agg = FedAverage()
+        agg.start({"w": np.zeros(50)})
+        for position, i in enumerate(order):
+            if position == 2:
+                agg.add_secure_sum({"w": secure[0]}, secure[1])
+            agg.add(f"n{i}", {"w": replies[i][0]}, replies[i][1])
+        np.testing.assert_allclose(agg.finish()["w"], expected, rtol=1e-12, atol=1e-14)
 
 
 def test_fedaverage_names_the_node_sending_nan_wrong_shapes_or_no_samples() -> None:
@@ -72,6 +89,28 @@ def test_finish_writes_the_mean_over_its_float64_sums_without_another_model_buff
     np.testing.assert_allclose(out["w"], expected, rtol=1e-6, atol=1e-7)
     with pytest.raises(RoundFailedError, match="no node reply"):
         agg.finish()  # finish ended the round: the sums now hold the result
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        (np.full(1000, 3.4e38, np.float32), True),  # float32 at its limit: the sum cannot overflow
+        (np.full(1000, 1.7e308), True),  # float64 sum overflows: decided by the exact scan
+        (np.array([1e308, -1e308, 1e308, 1e308]), True),
+        (np.array([1.0, np.inf, -np.inf], np.float32), False),  # sum NaN
+        (np.array([0.0] * 70000 + [np.nan]), False),  # past the first scan chunk
+        (np.array([1.0, -np.inf]), False),
+        (np.array([1 + 1j, complex(1, np.nan)]), False),
+        (np.array([1 + 1j, 2 - 3j], np.complex64), True),
+        (np.arange(10), True),
+        (np.array(np.nan, np.float16), False),
+    ],
+)
+def test_all_finite_agrees_with_numpy(values: np.ndarray, finite: bool) -> None:
+    from common.finite import all_finite
+
+    assert bool(np.isfinite(values).all()) is finite  # the reference
+    assert all_finite(values) is finite
 
 
 def test_finite_arrays_are_scanned_when_built_and_name_the_bad_array() -> None:

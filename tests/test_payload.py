@@ -96,6 +96,32 @@ def test_pages_of_a_fully_read_payload_file_can_be_released_and_read_again(
     np.testing.assert_array_equal(mapped["w"], big["w"])  # read back from the page cache
 
 
+def test_checking_and_folding_a_mapped_upload_keeps_one_window_of_it_resident(
+    tmp_path: Path,
+) -> None:
+    from common.finite import WINDOW, all_finite
+    from researcher.aggregators import FedAverage
+
+    n = 6 * WINDOW + 12345  # 200 MB of float32, not a whole number of windows
+    upload = {"w": np.linspace(-1, 1, n, dtype=np.float32)}
+    write_payload_file(tmp_path / "upload.bin", upload)
+    mapped = read_payload_file(tmp_path / "upload.bin").arrays()
+    window_bytes = WINDOW * 4
+    before = rss_file_bytes()
+    assert all_finite(mapped["w"])  # reads every page of it
+    assert rss_file_bytes() - before < 2 * window_bytes
+    agg = FedAverage()
+    agg.start({"w": np.zeros(n, np.float32)})
+    agg.add("n1", mapped, 2.0)
+    assert rss_file_bytes() - before < 2 * window_bytes
+    agg.add("n2", {"w": np.ones(n, np.float32)}, 1.0)  # heap arrays: nothing to release
+    result = agg.finish()["w"]
+    np.testing.assert_allclose(
+        result[:: 1 << 16], ((2 * upload["w"] + 1) / 3)[:: 1 << 16], rtol=1e-6
+    )
+    assert float(mapped["w"][-1]) == 1.0  # the mapping still reads back from the page cache
+
+
 def test_a_file_replaced_after_mapping_is_still_served_from_its_mapping(tmp_path: Path) -> None:
     old, new = {"w": np.ones(1000, np.float32)}, {"w": np.zeros(1000, np.float32)}
     write_payload_file(tmp_path / "round.bin", old)

@@ -102,3 +102,42 @@ def test_a_good_result_reads_back(tmp_path):
     write_message(tmp_path / "result.pb", result)
 
     assert read_worker_result(tmp_path / "result.pb") == result
+
+
+class _Lines:
+    """The zygote's protocol lines as the executor reads them."""
+
+    def __init__(self, *lines: str) -> None:
+        self._lines = list(lines)
+
+    def next_line(self, timeout: float | None) -> str | None:
+        return self._lines.pop(0) if self._lines else None
+
+
+@pytest.mark.parametrize(
+    ("lines", "started"),
+    [
+        (["pid 41"], (41, False)),
+        # The previous task ended on its `done`; its `exit` line comes later and is skipped.
+        (["exit 40 0", "pid 41"], (41, False)),
+        # A task's own `done` may overtake the zygote's `pid` line.
+        (["done 41", "pid 41"], (41, True)),
+        (["done 39", "exit 40 0", "pid 41"], (41, False)),
+        ([], (None, False)),  # the zygote died
+        (["garbage"], (None, False)),
+    ],
+)
+def test_the_executor_finds_the_supervisor_of_the_task_it_submitted(
+    lines: list[str], started: tuple[int | None, bool]
+) -> None:
+    from node.executor import TaskExecutor
+
+    assert TaskExecutor._started(_Lines(*lines)) == started  # type: ignore[arg-type]
+
+
+def test_a_task_ends_on_its_done_line_or_its_exit_code() -> None:
+    from node.executor import TaskExecutor
+
+    assert TaskExecutor._wait_exit(_Lines("exit 40 0", "done 41"), 41, 5.0) == 0  # type: ignore[arg-type]
+    assert TaskExecutor._wait_exit(_Lines("exit 41 -9"), 41, 5.0) == -9  # type: ignore[arg-type]
+    assert TaskExecutor._wait_exit(_Lines(), 41, 5.0) is None  # type: ignore[arg-type]

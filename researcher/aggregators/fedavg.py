@@ -8,25 +8,15 @@ from typing import ClassVar
 import numpy as np
 
 from common.errors import RoundFailedError
+from common.finite import WINDOW
+from common.payload import release_window
 from researcher.aggregators.base import Aggregator
 from researcher.aggregators.checks import check_reply
 
 __all__ = ["FedAverage"]
 
-#: Elements processed per step when folding a reply: 64 Ki float64 (512 KiB) stays in L2
-#: cache, which made folding a 10M-parameter reply 4x faster than whole-array numpy
-#: expressions (and allocates no model-sized temporaries).
+#: Elements processed per step when finishing: 64 Ki float64 (512 KiB) stays in L2 cache.
 _CHUNK = 1 << 16
-
-
-def _accumulate(total: np.ndarray, value: np.ndarray, weight: float, scratch: np.ndarray) -> None:
-    """total += weight * value on flat arrays, chunk by chunk."""
-    for start in range(0, total.size, _CHUNK):
-        part = value[start : start + _CHUNK]
-        buf = scratch[: part.size]
-        # dtype=float64: with a Python float weight numpy would multiply in float32 first.
-        np.multiply(part, weight, out=buf, dtype=np.float64)
-        total[start : start + part.size] += buf
 
 
 def _finish_in_place(total: np.ndarray, divisor: float, dtype: np.dtype) -> np.ndarray:
@@ -56,6 +46,13 @@ class FedAverage(Aggregator):
     which replies arrive changes the result by at most one float32 rounding. `finish`
     writes the result over the sums (one float64 accumulator is all the memory it takes)
     and ends the round: call `start` before folding again.
+
+    The accumulator holds the weighted sum divided by the last reply's weight, so folding
+    a reply is two numpy calls per 8M-element window with no temporary (`acc *= previous
+    / weight`, then `acc += params`), not one pair per cache-sized chunk: the researcher
+    folds while its gRPC thread receives other uploads, and every numpy call waits for the
+    GIL that thread holds (a chunked fold of 10M parameters took 1.5 s instead of 25 ms
+    that way). Each window of a memory-mapped upload leaves resident memory once folded.
     """
 
     supports_secure_sum: ClassVar[bool] = True
@@ -64,19 +61,31 @@ class FedAverage(Aggregator):
         self._sums: dict[str, np.ndarray] = {}
         self._dtypes: dict[str, np.dtype] = {}
         self._total = 0.0
+        #: The accumulator times `_scale` is the weighted sum.
+        self._scale = 1.0
         self._nodes: list[str] = []
 
     def start(self, template: Mapping[str, np.ndarray]) -> None:
         self._sums = {k: np.zeros(np.shape(v), dtype=np.float64) for k, v in template.items()}
         self._dtypes = {k: np.asarray(v).dtype for k, v in template.items()}
         self._total = 0.0
+        self._scale = 1.0
         self._nodes = []
 
     def add(self, node_id: str, params: Mapping[str, np.ndarray], weight: float) -> None:
         check_reply(node_id, params, weight, {k: v.shape for k, v in self._sums.items()})
-        scratch = np.empty(_CHUNK, dtype=np.float64)
+        ratio = self._scale / weight
         for name, total in self._sums.items():
-            _accumulate(total.reshape(-1), np.asarray(params[name]).reshape(-1), weight, scratch)
+            flat = total.reshape(-1)
+            value = np.asarray(params[name]).reshape(-1)
+            for start in range(0, flat.size, WINDOW):
+                acc = flat[start : start + WINDOW]
+                if ratio != 1.0:
+                    acc *= ratio
+                window = value[start : start + WINDOW]
+                np.add(acc, window, out=acc)
+                release_window(window)  # one window of a mapped upload resident at a time
+        self._scale = weight
         self._total += weight
         self._nodes.append(node_id)
 
@@ -91,7 +100,10 @@ class FedAverage(Aggregator):
                 "that do not match the global model"
             )
         for name, total in self._sums.items():
-            total += np.asarray(sums[name], dtype=np.float64).reshape(total.shape)
+            if self._scale != 1.0:
+                total *= self._scale
+            np.add(total, np.asarray(sums[name]).reshape(total.shape), out=total)
+        self._scale = 1.0
         self._total += total_weight
         self._nodes.append("<secure-sum>")
 
@@ -100,6 +112,6 @@ class FedAverage(Aggregator):
             raise RoundFailedError("no node reply to aggregate")
         sums, self._sums, self._nodes = self._sums, {}, []
         return {
-            name: _finish_in_place(total, self._total, self._dtypes[name])
+            name: _finish_in_place(total, self._total / self._scale, self._dtypes[name])
             for name, total in sums.items()
         }

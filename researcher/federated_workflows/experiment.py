@@ -20,6 +20,7 @@ from common.errors import ConfigurationError, FedloomError, SecaggError
 from common.optimizers.optimizer import Optimizer
 from common.secagg import SecureAggregation
 from common.tags import tag_problem
+from common.trace import span
 from common.training_args import TrainingArgs
 from common.training_plans.base import BaseTrainingPlan
 from common.training_plans.source import plan_hash, plan_source
@@ -549,22 +550,23 @@ class Experiment:
             if round_file is not None and round_file.path == self._state.global_params_file
             else None
         )
-        try:
-            result = run_round(
-                exchange,
-                setup,
-                round_number,
-                self._state.global_params,
-                progress,
-                settle=settle,
-                keep_params=keep,
-                encoded_params=encoded,
-            )
-        except FedloomError as exc:
-            progress.round_failed(round_number, str(exc))
-            raise
-        with deferred_interrupts():
-            self._commit(round_number, result)
+        with span("researcher.round", round=round_number):
+            try:
+                result = run_round(
+                    exchange,
+                    setup,
+                    round_number,
+                    self._state.global_params,
+                    progress,
+                    settle=settle,
+                    keep_params=keep,
+                    encoded_params=encoded,
+                )
+            except FedloomError as exc:
+                progress.round_failed(round_number, str(exc))
+                raise
+            with deferred_interrupts(), span("researcher.commit"):
+                self._commit(round_number, result)
         progress.round_finished(result.record)
         if tensorboard is not None:
             tensorboard.append(result.record)
@@ -574,7 +576,8 @@ class Experiment:
         state = self._state
         # Written once; from here on the global model is the mapped file (no heap copy),
         # which the checkpoint links and the next round publishes as is.
-        round_file = self._aggregated.record(round_number, result.params)
+        with span("researcher.round_file"):
+            round_file = self._aggregated.record(round_number, result.params)
         state.global_params = round_file.params
         state.global_params_file = round_file.path
         state.round = round_number

@@ -30,6 +30,7 @@ from common.payload import (
 )
 from common.proto import fedloom_pb2 as pb
 from common.secagg import SecureAggregation as SecaggSettings
+from common.trace import span
 from common.training_args import TrainingArgs
 from researcher.aggregators import Aggregator
 from researcher.history import NodeRoundRecord, RoundRecord
@@ -159,16 +160,22 @@ def run_round(
     listener.round_started(round_number, labels)
 
     def on_reply(received: ReceivedReply) -> None:
-        reply = decode_train_reply(
-            received,
-            names[received.node_id],
-            labels[received.node_id],
-            template,
-            aux_modules=aux_modules,
-            secure=secure is not None,
-            params_masked=secure is not None and secure.settings.protect_parameters,
-        )
-        aggregation.add(reply)
+        with span("researcher.fold", node=names[received.node_id]):
+            _accept(received)
+
+    def _accept(received: ReceivedReply) -> None:
+        with span("researcher.check"):
+            reply = decode_train_reply(
+                received,
+                names[received.node_id],
+                labels[received.node_id],
+                template,
+                aux_modules=aux_modules,
+                secure=secure is not None,
+                params_masked=secure is not None and secure.settings.protect_parameters,
+            )
+        with span("researcher.add"):
+            aggregation.add(reply)
         # Accepted: from here on the reply is part of the round.
         if keep_params is not None and reply.params:
             keep_params(reply.node_id, reply.params)
@@ -188,9 +195,10 @@ def run_round(
         )
         listener.node_answered(round_number, reply.node_id, reply.mean_loss, reply.n_samples)
 
-    payload, aux_message, spooled = _global_payload(
-        setup, global_params, sorted(chosen), encoded_params
-    )
+    with span("researcher.publish"):
+        payload, aux_message, spooled = _global_payload(
+            setup, global_params, sorted(chosen), encoded_params
+        )
     try:
         payload_id = exchange.publish(payload, sorted(chosen))
     except BaseException:
@@ -205,7 +213,8 @@ def run_round(
             )
             for n in selected
         }
-        outcome = exchange.run_tasks(tasks, deadline, on_reply)
+        with span("researcher.run_tasks"):
+            outcome = exchange.run_tasks(tasks, deadline, on_reply)
     finally:
         exchange.unpublish(payload_id)
         if spooled is not None:
@@ -218,7 +227,8 @@ def run_round(
     strategy.check_answers(
         outcome.answered, {labels.get(k, k): v for k, v in outcome.failures.items()}
     )
-    aggregate = aggregation.finish(exchange, outcome.answered, deadline)
+    with span("researcher.finish"):
+        aggregate = aggregation.finish(exchange, outcome.answered, deadline)
     if setup.node_dp is not None:
         record.node_dp = setup.node_dp.charge(
             eligible=len(eligible),
@@ -226,7 +236,8 @@ def run_round(
             survivors=len(outcome.answered),
             dimension=sum(int(np.size(v)) for v in global_params.values()),
         )
-    new_params = global_update(global_params, aggregate, setup.optimizer, setup.trainable)
+    with span("researcher.global_update"):
+        new_params = global_update(global_params, aggregate, setup.optimizer, setup.trainable)
     return RoundResult(new_params, record, replies)
 
 
