@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -31,7 +32,7 @@ from node.worker_protocol import (
     write_message,
 )
 
-__all__ = ["TASK_FILE", "TaskExecutor"]
+__all__ = ["TASK_FILE", "StartedTask", "TaskExecutor"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,19 @@ class _Zygote:
         self.proc.wait()
 
 
+@dataclass
+class StartedTask:
+    """A task handed to the zygote (`TaskExecutor.start`), whose result is not read yet."""
+
+    task_id: str
+    result_path: Path
+    zygote: _Zygote
+    #: time.monotonic() when it was handed over: its timeout runs from here.
+    at: float
+    #: False when the zygote could not even be given the task (it died).
+    submitted: bool = True
+
+
 class TaskExecutor:
     """Runs one task at a time in a fresh process forked from a warm zygote."""
 
@@ -144,6 +158,7 @@ class TaskExecutor:
         self._zygote: _Zygote | None = None
         self._log_sink: LogSink = lambda level, message: None
         self._running: dict[str, int] = {}  # task_id -> child pid
+        self._starting: set[str] = set()  # submitted, pid not read yet
         self._cancelled: dict[str, str] = {}
         self._closed = False
 
@@ -167,38 +182,62 @@ class TaskExecutor:
     def run(self, task: pb.WorkerTask, timeout: float, on_log: LogSink) -> pb.WorkerResult:
         """Run a task under this node's limits; never raises for plan failures, returns an
         error result instead."""
-        result = self._run(task, timeout, on_log)
+        return self.finish(self.start(task, on_log), timeout)
+
+    def start(self, task: pb.WorkerTask, on_log: LogSink) -> StartedTask:
+        """Hand the task to the zygote, which forks its processes, and return at once.
+
+        The caller may still be writing the task's global payload: the plan process builds
+        the model, then waits for `task.global_payload_path` to appear (whole, renamed into
+        place). `finish` waits for the result; `cancel` ends a started task too.
+        """
+        task.limits.CopyFrom(self._limits)
+        task_path = Path(task.scratch_dir) / TASK_FILE
+        write_message(task_path, task)
+        self.prepare()
+        zygote = self._zygote
+        assert zygote is not None
+        self._log_sink = on_log
+        started = StartedTask(task.task_id, Path(task.result_path), zygote, time.monotonic())
+        with self._lock:
+            self._starting.add(task.task_id)
+        try:
+            zygote.submit(task_path)
+        except BrokenPipeError:
+            started.submitted = False
+        return started
+
+    def finish(self, started: StartedTask, timeout: float) -> pb.WorkerResult:
+        """Wait for a started task's result (at most `timeout` seconds from its start)."""
+        result = self._finish(started, timeout)
         if self._closed and not result.ok:
             # Whatever broke did so because close() killed it: say so, not "worker died".
             return error_result(STOPPED_KIND, "the node was stopped during training")
         return result
 
-    def _run(self, task: pb.WorkerTask, timeout: float, on_log: LogSink) -> pb.WorkerResult:
-        task.limits.CopyFrom(self._limits)
-        task_id = task.task_id
-        task_path = Path(task.scratch_dir) / TASK_FILE
-        write_message(task_path, task)
-        result_path = Path(task.result_path)
-        self.prepare()
-        zygote = self._zygote
-        assert zygote is not None
-        self._log_sink = on_log
-        started = time.monotonic()
+    def _finish(self, started: StartedTask, timeout: float) -> pb.WorkerResult:
+        task_id, zygote = started.task_id, started.zygote
         try:
-            zygote.submit(task_path)
-            pid, done_early = self._started(zygote)
-        except (BrokenPipeError, TimeoutError):
+            pid, done_early = self._started(zygote) if started.submitted else (None, False)
+        except TimeoutError:
             pid, done_early = None, False
+        with self._lock:
+            self._starting.discard(task_id)
+            if pid is not None:
+                self._running[task_id] = pid
+            cancelled_before = task_id in self._cancelled
         if pid is None:
+            self._cancelled.pop(task_id, None)
             zygote.close()
             return error_result(
                 "WorkerDied", "the training process could not be started; retry the round"
             )
-        with self._lock:
-            self._running[task_id] = pid
+        if cancelled_before and not done_early:
+            _kill_group(pid)  # cancelled while its processes were being forked
         timed_out = False
+        remaining = max(0.0, started.at + timeout - time.monotonic())
         try:
-            code = 0 if done_early else self._wait_exit(zygote, pid, timeout)
+            code = 0 if done_early else self._wait_exit(zygote, pid, remaining)
         except TimeoutError:
             timed_out = True
             _kill_group(pid)
@@ -211,7 +250,7 @@ class TaskExecutor:
             with self._lock:
                 self._running.pop(task_id, None)
                 cancel_reason = self._cancelled.pop(task_id, None)
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - started.at
         # The reply must not overtake the task's last log lines (often the reason it failed).
         if code is not None and not zygote.wait_logs_relayed(pid, LOG_DRAIN_TIMEOUT_SECONDS):
             log.warning("task %s: its last log lines may reach the researcher late", task_id)
@@ -221,9 +260,9 @@ class TaskExecutor:
             return error_result(
                 "Timeout", f"training did not finish within {timeout:.0f} s and was stopped"
             )
-        if code == 0 and result_path.exists():
+        if code == 0 and started.result_path.exists():
             try:
-                return read_worker_result(result_path)
+                return read_worker_result(started.result_path)
             except WorkerProtocolError as exc:
                 return error_result(
                     "WorkerDied", f"the training process left no usable result: {exc}"
@@ -267,11 +306,14 @@ class TaskExecutor:
                 return int(parts[2])
 
     def cancel(self, task_id: str, reason: str) -> bool:
-        """Kill a running task's process; returns False when no such task runs."""
+        """Kill a running (or starting) task's processes; returns False when no such task runs."""
         with self._lock:
             pid = self._running.get(task_id)
             if pid is None:
-                return False
+                if task_id not in self._starting:
+                    return False
+                self._cancelled[task_id] = reason  # `finish` kills it once forked
+                return True
             self._cancelled[task_id] = reason
         _kill_group(pid)
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 #: Extra seconds granted beyond the researcher's round timeout before the node kills a
 #: task itself: the researcher's deadline should fire first and say why.
 TIMEOUT_SLACK_SECONDS = 5.0
+
+#: Seconds to wait for the processes of a task abandoned before training (its download
+#: failed) to be killed and reaped.
+REAP_SECONDS = 30.0
 
 #: SecAgg sessions remembered for dropout corrections: a correction is only ever asked
 #: for the round just trained, so a handful covers concurrent experiments.
@@ -88,7 +93,8 @@ class TaskHandler:
         """Run a task and send its reply; never raises."""
         self.current_task = task.task_id
         self.current_experiment = task.experiment_id
-        self._record_start(task)
+        with span("node.record_start"):
+            self._record_start(task)
         started = time.monotonic()
         #: Until when a cut upload is retried and an unsent reply waits for a connection.
         self._upload_deadline = started + self._timeout(task)
@@ -185,6 +191,10 @@ class TaskHandler:
             return self._analytics(task, task_dir)
         if kind != "train":
             raise TaskRefused("UnsupportedTask", f"this node does not know task kind {kind!r}")
+        with span("node.prepare"):
+            return self._train(task, task_dir)
+
+    def _train(self, task: pb.TaskRequest, task_dir: Path) -> pb.TaskReply:
         train = task.train
         training_args = TrainingArgs.from_json(train.training_args_json)  # refuse bad ones early
         plan_path = self._approved_plan(train.plan, task_dir)
@@ -196,8 +206,6 @@ class TaskHandler:
         if stub is None:
             raise TaskRefused("Disconnected", "lost the researcher before the task started")
         global_path = task_dir / "global.bin"
-        with span("node.download"):
-            download_payload(stub, self.home.node_id, train.params_payload_id, global_path)
         state_dir = self._state_dir(task.experiment_id)
         state_dir.mkdir(parents=True, exist_ok=True)  # the plan may write only inside it
         worker_task = pb.WorkerTask(
@@ -239,10 +247,21 @@ class TaskHandler:
             train.plan.class_name,
             dataset.name,
         )
+        # The task's processes start (fork, plan, model) while the global model downloads.
+        started = self._executor.start(
+            worker_task, lambda level, msg: self._relay(task, level, msg)
+        )
+        try:
+            with span("node.download"):
+                partial = global_path.with_name(global_path.name + ".part")
+                download_payload(stub, self.home.node_id, train.params_payload_id, partial)
+                os.replace(partial, global_path)  # the plan process waits for this name
+        except BaseException:
+            self._executor.cancel(task.task_id, "the global model could not be downloaded")
+            self._executor.finish(started, REAP_SECONDS)
+            raise
         with span("node.execute"):
-            result = self._executor.run(
-                worker_task, timeout, lambda level, msg: self._relay(task, level, msg)
-            )
+            result = self._executor.finish(started, timeout)
         if not result.ok:
             reply = _error_reply(task, result.error.kind or "PlanError", result.error.message)
             reply.error.traceback = result.error.traceback

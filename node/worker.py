@@ -209,7 +209,9 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
     with span("plan.build"):
         plan, personalized = _build_plan(task, training_args)
     with span("plan.read_global"):
-        sections = read_payload_file(Path(task.global_payload_path)).sections()
+        global_path = Path(task.global_payload_path)
+        wait_for_global(global_path)
+        sections = read_payload_file(global_path).sections()
     state_dir = Path(task.state_dir)
     tags = plan.parameter_tags() if personalized else ParameterTags()
     own = tags.own(_read_personal(state_dir, task.round)) if tags else None
@@ -263,6 +265,21 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
         vector_kind=plan.vector_kind,
         **_dp_fields(outcome),
     )
+
+
+#: Seconds between looks for the global payload while the daemon still downloads it.
+GLOBAL_POLL_SECONDS = 0.002
+
+
+def wait_for_global(path: Path) -> None:
+    """Block until the daemon has renamed the downloaded global payload into place.
+
+    The daemon starts a task's processes before its download ends, so that forking and
+    building the model overlap the transfer; if the download fails it kills them, so
+    waiting has no deadline of its own (the task's timeout applies).
+    """
+    while not path.exists():
+        time.sleep(GLOBAL_POLL_SECONDS)
 
 
 def _build_plan(task: pb.WorkerTask, training_args: Any) -> tuple[Any, bool]:
@@ -494,6 +511,8 @@ def _supervise(task_path: Path) -> None:
     global_digest = None
     if task.secagg.enabled:
         from node.node_dp import global_params_digest
+
+        wait_for_global(Path(task.global_payload_path))
 
         global_digest = global_params_digest(task)
     oom_before = oom_kill_count()
