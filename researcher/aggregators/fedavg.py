@@ -66,12 +66,9 @@ class FedAverage(Aggregator):
         self._nodes: list[str] = []
 
     def start(self, template: Mapping[str, np.ndarray]) -> None:
-        # Written now, not lazily zeroed: the round starts this while nodes train, and the
-        # first reply's fold would otherwise pay for faulting in the whole accumulator (on a
-        # VM that takes freed memory back, 80 MB of fresh pages cost 100-200 ms).
-        self._sums = {k: np.empty(np.shape(v), dtype=np.float64) for k, v in template.items()}
-        for total in self._sums.values():
-            total.fill(0.0)
+        # Lazily zeroed pages: touched only when the first reply is folded, after the
+        # global model was published (touching them earlier would add to round 1's peak).
+        self._sums = {k: np.zeros(np.shape(v), dtype=np.float64) for k, v in template.items()}
         self._dtypes = {k: np.asarray(v).dtype for k, v in template.items()}
         self._total = 0.0
         self._scale = 1.0
