@@ -240,13 +240,6 @@ class TaskHandler:
                 self.home.path, self.home.node_id
             )["state_dir"]
         timeout = self._timeout(task)
-        log.info(
-            "round %d of %s: training plan %s on dataset %s",
-            task.round,
-            task.experiment_id,
-            train.plan.class_name,
-            dataset.name,
-        )
         # The task's processes start (fork, plan, model) while the global model downloads.
         started = self._executor.start(
             worker_task, lambda level, msg: self._relay(task, level, msg)
@@ -260,6 +253,14 @@ class TaskHandler:
             self._executor.cancel(task.task_id, "the global model could not be downloaded")
             self._executor.finish(started, REAP_SECONDS)
             raise
+        # Logged once the global model is here: from now on the round trains.
+        log.info(
+            "round %d of %s: training plan %s on dataset %s",
+            task.round,
+            task.experiment_id,
+            train.plan.class_name,
+            dataset.name,
+        )
         with span("node.execute"):
             result = self._executor.finish(started, timeout)
         if not result.ok:
