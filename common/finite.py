@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from common.payload import release_window
+from common.page_release import release_window
 
 __all__ = ["FiniteArrays", "NonFiniteArrayError", "all_finite"]
 

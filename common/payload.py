@@ -50,8 +50,6 @@ __all__ = [
     "iter_chunks",
     "max_payload_bytes",
     "read_payload_file",
-    "release_file_pages",
-    "release_window",
     "write_payload_file",
     "write_sections_file",
 ]
@@ -368,50 +366,6 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
-
-
-def release_file_pages(arrays: Mapping[str, np.ndarray]) -> None:
-    """Drop from this process's resident memory the pages of read-only file mappings that
-    `arrays` view (payload files read by `read_payload_file`) after a full read of them;
-    the data stays in the file and the page cache, and comes back on the next access.
-
-    Only read-only shared mappings are released: they hold no private change to lose.
-    """
-    seen: set[int] = set()
-    for array in arrays.values():
-        base: Any = array
-        while isinstance(base, np.ndarray):
-            base = base.base
-        mapped = base.obj if isinstance(base, memoryview) else base
-        if not isinstance(mapped, mmap.mmap) or id(mapped) in seen or mapped.closed:
-            continue
-        seen.add(id(mapped))
-        with memoryview(mapped) as view:
-            readonly = view.readonly
-        if readonly:
-            mapped.madvise(mmap.MADV_DONTNEED)
-
-
-def release_window(view: np.ndarray) -> None:
-    """Drop from resident memory the whole pages that the contiguous `view` covers in a
-    read-only file mapping (as `release_file_pages`, for one window of an array): a reader
-    going through a mapped upload window by window keeps one window resident, not the
-    upload. Does nothing for arrays that are not views over such a mapping."""
-    base: Any = view
-    while isinstance(base, np.ndarray):
-        base = base.base
-    mapped = base.obj if isinstance(base, memoryview) else base
-    if not isinstance(mapped, mmap.mmap) or mapped.closed or not view.flags.c_contiguous:
-        return
-    with memoryview(mapped) as whole:
-        if not whole.readonly:
-            return
-        origin = np.frombuffer(whole, dtype=np.uint8, count=1).ctypes.data
-    offset = view.ctypes.data - origin
-    start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only: round inward
-    end = (offset + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
-    if 0 <= start < end <= len(mapped):
-        mapped.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def _write_header(fh: Any, manifest: pb.PayloadManifest) -> None:

@@ -9,13 +9,13 @@ import pytest
 
 from common.constants import ARRAY_ALIGNMENT, PROTOCOL_VERSION
 from common.errors import PayloadError, ProtocolVersionError
+from common.page_release import release_file_pages
 from common.payload import (
     PayloadAssembler,
     decode_arrays,
     encode_arrays,
     iter_chunks,
     read_payload_file,
-    release_file_pages,
     write_payload_file,
 )
 from common.proto import fedloom_pb2 as pb

@@ -9,7 +9,7 @@ import numpy as np
 
 from common.errors import RoundFailedError
 from common.finite import WINDOW
-from common.payload import release_window
+from common.page_release import release_window
 from researcher.aggregators.base import Aggregator
 from researcher.aggregators.checks import check_reply
 
