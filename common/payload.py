@@ -27,6 +27,7 @@ from typing import Any, TypeAlias
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from common.chunk_wire import WireChunk
 from common.constants import (
     ARRAY_ALIGNMENT,
     CHUNK_SIZE,
@@ -222,18 +223,19 @@ def decode_sections(
 
 def iter_chunks(
     payload_id: str, payload: EncodedPayload, chunk_size: int = CHUNK_SIZE
-) -> Iterator[pb.PayloadChunk]:
+) -> Iterator[WireChunk]:
     """Yield the payload as chunks of at most `chunk_size` bytes, manifest first.
 
     A payload mapped from a file is read with `pread`: one copy per chunk, and the
-    mapping's pages never become this process's resident memory.
+    mapping's pages never become this process's resident memory. The data travels beside
+    each chunk's message (`common/chunk_wire.py`), never copied into it.
     """
     total = payload.nbytes
     first = pb.PayloadChunk(
         protocol_version=PROTOCOL_VERSION, payload_id=payload_id, manifest=payload.manifest
     )
     if total == 0:
-        yield first
+        yield WireChunk(first)
         return
     fd = payload.source.open() if payload.source is not None else None
     try:
@@ -258,10 +260,9 @@ def iter_chunks(
                 return bytes(view[start:stop])
 
         for start in range(0, total, chunk_size):
-            chunk = first if start == 0 else pb.PayloadChunk(payload_id=payload_id)
-            chunk.offset = start
-            chunk.data = read(start, min(start + chunk_size, total))
-            yield chunk
+            head = first if start == 0 else pb.PayloadChunk(payload_id=payload_id)
+            head.offset = start
+            yield WireChunk(head, read(start, min(start + chunk_size, total)))
     finally:
         if fd is not None:
             os.close(fd)
@@ -283,21 +284,24 @@ class PayloadAssembler:
         self.payload_id = ""
         self.received = 0
 
-    def feed(self, chunk: pb.PayloadChunk) -> None:
+    def feed(self, chunk: WireChunk | pb.PayloadChunk) -> None:
         """Copy one chunk in place; the first chunk must carry the manifest."""
+        head, data = (
+            (chunk.head, chunk.data) if isinstance(chunk, WireChunk) else (chunk, chunk.data)
+        )
         if self.manifest is None:
-            self._start(chunk)
-        elif chunk.payload_id and chunk.payload_id != self.payload_id:
+            self._start(head)
+        elif head.payload_id and head.payload_id != self.payload_id:
             raise PayloadError(
-                f"chunk for payload {chunk.payload_id!r} arrived inside payload {self.payload_id!r}"
+                f"chunk for payload {head.payload_id!r} arrived inside payload {self.payload_id!r}"
             )
-        if not chunk.data:
+        if not len(data):
             return
-        if chunk.offset != self.received:
+        if head.offset != self.received:
             raise PayloadError(
-                f"payload {self.payload_id!r}: chunk at byte {chunk.offset}, expected {self.received}"
+                f"payload {self.payload_id!r}: chunk at byte {head.offset}, expected {self.received}"
             )
-        end = chunk.offset + len(chunk.data)
+        end = head.offset + len(data)
         assert self.manifest is not None
         if end > self.manifest.total_bytes:
             raise PayloadError(
@@ -305,9 +309,9 @@ class PayloadAssembler:
                 f"({end} > {self.manifest.total_bytes} bytes)"
             )
         if self._fd is None:
-            self._buffer += chunk.data  # chunks arrive in order (checked above): append
+            self._buffer += data  # chunks arrive in order (checked above): append
         else:
-            _pwrite_all(self._fd, chunk.data, self._data_start + chunk.offset)
+            _pwrite_all(self._fd, data, self._data_start + head.offset)
         self.received = end
 
     def _start(self, chunk: pb.PayloadChunk) -> None:
@@ -361,7 +365,7 @@ class PayloadAssembler:
             self._fd = None
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)

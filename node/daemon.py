@@ -27,7 +27,6 @@ from common.constants import (
 from common.errors import ConfigurationError, FedloomError
 from common.grpc_options import channel_options
 from common.proto import fedloom_pb2 as pb
-from common.proto import fedloom_pb2_grpc as pb_grpc
 from common.secagg.advert import NodeIdentity
 from node.containment import ContainmentSettings, probe_support
 from node.executor import TaskExecutor
@@ -36,6 +35,7 @@ from node.home_lock import hold_home_lock
 from node.registry import DatasetRegistry
 from node.status import DaemonStatus, StatusBoard
 from node.tasks import TaskHandler
+from node.transfer import FederationStub
 
 __all__ = ["EXIT_REFUSED", "NODE_LOG_FORMAT", "NodeDaemon", "diagnose_connect_failure", "run_node"]
 
@@ -92,7 +92,7 @@ class NodeDaemon:
         self._session_lock = threading.Lock()
         self._executor = TaskExecutor(limits)
         self._tasks: queue.Queue[pb.TaskRequest | None] = queue.Queue()
-        self._stub: pb_grpc.FederationStub | None = None
+        self._stub: FederationStub | None = None
         self._call: Any = None
         #: True between a session the researcher ended and the next one: retries are routine.
         self._waiting_quietly = False
@@ -246,7 +246,7 @@ class NodeDaemon:
                 yield message
 
         with self._channel() as channel:
-            self._stub = pb_grpc.FederationStub(channel)
+            self._stub = FederationStub(channel)
             responses = self._stub.Connect(outgoing())
             with self._session_lock:
                 self._call = responses

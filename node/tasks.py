@@ -17,7 +17,6 @@ import grpc
 from common.errors import DatasetError, FedloomError, PlanError
 from common.plan_hash import plan_hash
 from common.proto import fedloom_pb2 as pb
-from common.proto import fedloom_pb2_grpc as pb_grpc
 from common.secagg.advert import NodeIdentity
 from common.task_uploads import upload_payload_id
 from common.trace import span
@@ -29,7 +28,7 @@ from node.privacy_gate import PrivacyGate
 from node.registry import DatasetRegistry
 from node.secagg_tasks import SECAGG_TASK_KINDS, SecaggTasks, double_masking_spec
 from node.served import ServedTasks
-from node.transfer import download_payload, upload_with_retry
+from node.transfer import FederationStub, download_payload, upload_with_retry
 
 __all__ = ["TaskHandler"]
 
@@ -67,7 +66,7 @@ class TaskHandler:
         allow_unapproved: bool,
         task_timeout: float | None,
         send: Callable[[pb.NodeMessage], bool],
-        stub: Callable[[], pb_grpc.FederationStub | None],
+        stub: Callable[[], FederationStub | None],
         secagg_identity: NodeIdentity | None = None,
     ) -> None:
         self.home = home

@@ -1,5 +1,8 @@
 """Payload transfer for the node: download into a file-backed buffer, upload from a file.
 
+The node's stub (`FederationStub`) speaks the generated Connect and moves payload chunks
+with the zero-copy codec of `common/chunk_wire.py` (the same wire bytes as protobuf's).
+
 An upload cut by a dropped link is sent again, whole, on whatever connection the daemon has
 re-established, with capped backoff, until the task's deadline: the researcher accepts the
 retry while the task is still pending.
@@ -14,12 +17,25 @@ from pathlib import Path
 
 import grpc
 
+from common.chunk_wire import (
+    DOWNLOAD_METHOD,
+    UPLOAD_METHOD,
+    WireChunk,
+    decode_chunk,
+    encode_chunk,
+)
 from common.constants import PROTOCOL_VERSION
 from common.payload import EncodedPayload, PayloadAssembler, iter_chunks, read_payload_file
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 
-__all__ = ["RETRYABLE_UPLOAD_CODES", "download_payload", "upload_payload", "upload_with_retry"]
+__all__ = [
+    "RETRYABLE_UPLOAD_CODES",
+    "FederationStub",
+    "download_payload",
+    "upload_payload",
+    "upload_with_retry",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +59,27 @@ UPLOAD_RETRY_BACKOFF = 2.0
 UPLOAD_RETRY_MAX_DELAY = 5.0
 
 
+class FederationStub:
+    """The Federation service as the node calls it on one channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.Connect = pb_grpc.FederationStub(channel).Connect
+        self.Download: grpc.UnaryStreamMultiCallable[pb.DownloadRequest, WireChunk] = (
+            channel.unary_stream(
+                DOWNLOAD_METHOD,
+                request_serializer=pb.DownloadRequest.SerializeToString,
+                response_deserializer=decode_chunk,
+            )
+        )
+        self.Upload: grpc.StreamUnaryMultiCallable[WireChunk, pb.UploadAck] = channel.stream_unary(
+            UPLOAD_METHOD,
+            request_serializer=encode_chunk,
+            response_deserializer=pb.UploadAck.FromString,
+        )
+
+
 def download_payload(
-    stub: pb_grpc.FederationStub, node_id: str, payload_id: str, path: Path
+    stub: FederationStub, node_id: str, payload_id: str, path: Path
 ) -> EncodedPayload:
     """Stream a published payload straight into `path` (preallocated from its manifest)."""
     request = pb.DownloadRequest(
@@ -59,7 +94,7 @@ def download_payload(
         assembler.close()
 
 
-def upload_payload(stub: pb_grpc.FederationStub, node_id: str, payload_id: str, path: Path) -> int:
+def upload_payload(stub: FederationStub, node_id: str, payload_id: str, path: Path) -> int:
     """Send a payload file in chunks; returns the bytes the researcher acknowledged."""
     payload = read_payload_file(path)
     ack = stub.Upload(
@@ -74,7 +109,7 @@ def upload_payload(stub: pb_grpc.FederationStub, node_id: str, payload_id: str, 
 
 
 def upload_with_retry(
-    stub: Callable[[], pb_grpc.FederationStub | None],
+    stub: Callable[[], FederationStub | None],
     node_id: str,
     payload_id: str,
     path: Path,

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from common.chunk_wire import FEDERATION_SERVICE, decode_chunk, encode_chunk
 from common.errors import ConfigurationError
 from common.grpc_options import server_options
-from common.proto import fedloom_pb2_grpc as pb_grpc
+from common.proto import fedloom_pb2 as pb
 from researcher.node_directory import NodeDirectory
 from researcher.payload_store import PayloadStore
 from researcher.run_options import RunOptions, default_run_options
@@ -75,7 +76,7 @@ class ResearcherServer:
             options=server_options(self.limits.max_streams_per_connection),
             maximum_concurrent_rpcs=None,
         )
-        pb_grpc.add_FederationServicer_to_server(self.servicer, server)
+        add_federation_servicer(self.servicer, server)
         address = self.address
         try:
             if credentials is None:
@@ -155,3 +156,36 @@ def shutdown_server() -> None:
         if _server is not None:
             _server.stop()
             _server = None
+
+
+def add_federation_servicer(servicer: FederationServicer, server: grpc.aio.Server) -> None:
+    """Register the Federation service on `server` (see `federation_handlers`)."""
+    handlers = federation_handlers(servicer)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(FEDERATION_SERVICE, handlers),)
+    )
+    server.add_registered_method_handlers(FEDERATION_SERVICE, handlers)
+
+
+def federation_handlers(
+    servicer: FederationServicer,
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The service's handlers as generated, except that payload chunks go through the
+    zero-copy codec of common/chunk_wire.py (same wire bytes, fewer copies)."""
+    return {
+        "Connect": grpc.stream_stream_rpc_method_handler(
+            servicer.Connect,
+            request_deserializer=pb.NodeMessage.FromString,
+            response_serializer=pb.ResearcherMessage.SerializeToString,
+        ),
+        "Download": grpc.unary_stream_rpc_method_handler(
+            servicer.Download,
+            request_deserializer=pb.DownloadRequest.FromString,
+            response_serializer=encode_chunk,
+        ),
+        "Upload": grpc.stream_unary_rpc_method_handler(
+            servicer.Upload,
+            request_deserializer=decode_chunk,
+            response_serializer=pb.UploadAck.SerializeToString,
+        ),
+    }

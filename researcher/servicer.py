@@ -20,6 +20,7 @@ from typing import Any, NoReturn, cast
 import grpc
 import grpc.aio
 
+from common.chunk_wire import WireChunk
 from common.constants import HEARTBEAT_INTERVAL, PROTOCOL_VERSION
 from common.errors import FedloomError
 from common.payload import PayloadAssembler, iter_chunks
@@ -265,9 +266,10 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._directory.unregister(node, reason)
 
     # -- payloads -------------------------------------------------------------------------
-    async def Download(
+    # Chunks use common/chunk_wire.py's codec, not the generated message types.
+    async def Download(  # type: ignore[override]
         self, request: pb.DownloadRequest, context: Any
-    ) -> AsyncIterator[pb.PayloadChunk]:
+    ) -> AsyncIterator[WireChunk]:
         if request.protocol_version != PROTOCOL_VERSION:
             await _abort(
                 context,
@@ -285,8 +287,8 @@ class FederationServicer(pb_grpc.FederationServicer):
             for chunk in iter_chunks(request.payload_id, payload):
                 yield chunk
 
-    async def Upload(
-        self, request_iterator: AsyncIterator[pb.PayloadChunk], context: Any
+    async def Upload(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[WireChunk], context: Any
     ) -> pb.UploadAck:
         node_id = _metadata_text(context, "fedloom-node-id")
         if not node_id:
@@ -353,7 +355,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "empty payload stream: no manifest received",
                 )
-            payload_id = chunk.payload_id
+            payload_id = chunk.head.payload_id
             expected = self._payloads.expected(node_id, payload_id)
             if expected is None:
                 await _abort(
@@ -362,7 +364,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                     f"no pending task of node {node_id!r} expects payload {payload_id!r} (its "
                     "task ended, or never existed): upload refused",
                 )
-            declared = int(chunk.manifest.total_bytes)
+            declared = int(chunk.head.manifest.total_bytes)
             if declared > expected.max_bytes:
                 await _abort(
                     context,

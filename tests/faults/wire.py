@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 import grpc
 import numpy as np
 
+from common.chunk_wire import to_message
 from common.constants import PROTOCOL_VERSION
 from common.grpc_options import channel_options
 from common.payload import encode_arrays, iter_chunks
@@ -67,7 +68,8 @@ def upload(
 
 def payload_chunks(payload_id: str, nbytes: int) -> list[pb.PayloadChunk]:
     """A well-formed payload of one float32 array of about `nbytes` bytes."""
-    return list(iter_chunks(payload_id, encode_arrays({"w": np.ones(nbytes // 4, "float32")})))
+    payload = encode_arrays({"w": np.ones(nbytes // 4, "float32")})
+    return [to_message(chunk) for chunk in iter_chunks(payload_id, payload)]
 
 
 def manifest_only(
