@@ -91,8 +91,9 @@ def _open_connection(db_path: Path) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys = ON")
-        # FULL syncs the WAL on every commit: a registered dataset or an approval survives
-        # a power cut. Writes are rare operator actions, so the cost does not matter.
+        # FULL syncs the WAL on every commit: a registered dataset, an approval or a privacy
+        # budget spent survives a power cut. Those writes are rare, so the cost does not
+        # matter; the served-task rows written around every task opt out (durable=False).
         conn.execute("PRAGMA synchronous = FULL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -133,17 +134,24 @@ def _database_error(db_path: Path, exc: sqlite3.Error) -> NodeHomeError:
 
 
 @contextmanager
-def connect_database(db_path: Path | str, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+def connect_database(
+    db_path: Path | str, *, write: bool = False, durable: bool = True
+) -> Iterator[sqlite3.Connection]:
     """One transaction on the node database: committed when the block ends, rolled back on error.
 
     Creates the database file when missing. ``write=True`` takes the write lock up front
     (``BEGIN IMMEDIATE``), so a check and the write that depends on it (a unique name, a
-    status change) cannot interleave with another process. sqlite3 errors come out as
-    ``NodeHomeError`` naming the database.
+    status change) cannot interleave with another process. ``durable=False`` commits without
+    flushing the journal to disk (SQLite's ``synchronous = NORMAL``): the commit survives the
+    process dying, and the next durable commit flushes it, but a power cut may lose it; only
+    for bookkeeping that a task waits on. sqlite3 errors come out as ``NodeHomeError`` naming
+    the database.
     """
     path = Path(db_path)
     conn = _open_connection(path)
     try:
+        if not durable:
+            conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         yield conn
         conn.execute("COMMIT")

@@ -50,6 +50,19 @@ def test_database_uses_wal_and_records_its_schema_version(registry: DatasetRegis
     assert _rows(registry.db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
+def test_commits_are_flushed_to_disk_unless_asked_not_to(tmp_path: Path) -> None:
+    # SQLite's synchronous levels: 2 = FULL (journal flushed per commit), 1 = NORMAL.
+    db = tmp_path / "node.db"
+    with connect_database(db, write=True) as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    with connect_database(db, write=True, durable=False) as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    # Committed all the same: another connection (another process) sees it.
+    assert _rows(db, "SELECT x FROM t") == [(1,)]
+
+
 def test_database_from_a_newer_fedloom_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "node.db"
     with sqlite3.connect(db) as conn:
