@@ -6,7 +6,8 @@ time, the overhead (round minus that training), the time to move the same bytes 
 bare gRPC stream in 1 MiB chunks in the same run and the overhead's ratio to it, the same
 local step run with plain torch in one process, and the researcher's peak memory after the
 timed rounds and again after `--memory-rounds` rounds (memory must not grow with rounds),
-with the growth over its pre-model baseline as a multiple of the model size.
+with the growth over its pre-model baseline as a multiple of the model size, and the CPU time
+the whole machine spent per round (less noisy than the wall clock on a shared VM).
 
 The researcher runs the way a TOML experiment does: the plan is a file probed in a child
 process (researcher/plan_probe.py), so the researcher process never imports torch; the
@@ -103,6 +104,15 @@ def peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
 
 
+def machine_busy_seconds() -> float:
+    """CPU time every core of this machine spent busy since boot (/proc/stat, all processes):
+    the round's work in CPU-seconds, which the wall clock hides on saturated cores."""
+    # cpu user nice system idle iowait irq softirq ...: every state but idle and iowait.
+    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def researcher_main(width: int, rounds: int, total_rounds: int, address: str, out: Path) -> None:
     from researcher.federated_workflows import Experiment, PlanFile
     from researcher.run_options import RunOptions
@@ -121,11 +131,13 @@ def researcher_main(width: int, rounds: int, total_rounds: int, address: str, ou
     exp.check_training_plan()  # probe the plan before measuring the baseline
     baseline = peak_rss_bytes()
     walls = []
+    busy = []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start, start_busy = time.perf_counter(), machine_busy_seconds()
         # The whole round as the researcher lives it: aggregation and checkpoint included.
         exp.run(rounds=1)
         walls.append(time.perf_counter() - start)
+        busy.append(machine_busy_seconds() - start_busy)
     peak_timed = peak_rss_bytes()
     if total_rounds > rounds:
         exp.run(rounds=total_rounds - rounds)
@@ -133,10 +145,11 @@ def researcher_main(width: int, rounds: int, total_rounds: int, address: str, ou
         {
             "round": r.round,
             "seconds": wall,
+            "cpu": cpu,
             "max_train": max(n.train_seconds for n in r.nodes),
             "answered": len(r.nodes),
         }
-        for r, wall in zip(exp.metrics_history(), walls, strict=False)
+        for r, wall, cpu in zip(exp.metrics_history(), walls, busy, strict=False)
     ]
     peak = peak_rss_bytes()
     out.write_text(
@@ -220,6 +233,7 @@ def run_size(
     round_s = min(r["seconds"] for r in steady)
     train_s = min(r["seconds"] - (r["seconds"] - r["max_train"]) for r in steady)
     overhead = min(r["seconds"] - r["max_train"] for r in steady)
+    cpu = sorted(r["cpu"] for r in steady)[len(steady) // 2]
     moved = 2 * N_NODES * model_bytes
     bare = bare_grpc_seconds(moved)
     if trace:
@@ -231,6 +245,7 @@ def run_size(
         "round_s": round_s,
         "train_s": train_s,
         "overhead_s": overhead,
+        "cpu_s": cpu,
         "moved_mb": moved / 1e6,
         "bare_s": bare,
         "ratio": overhead / bare,
@@ -306,7 +321,7 @@ def main() -> int:
     )
     header = (
         f"{'params':>11} {'model MB':>9} {'round s':>8} {'train s':>8} {'torch s':>8} "
-        f"{'overhead s':>10} {'bare s':>7} {'ratio':>6} {'base MB':>8} "
+        f"{'overhead s':>10} {'bare s':>7} {'ratio':>6} {'cpu s':>6} {'base MB':>8} "
         f"{f'peak@{args.rounds} MB':>11} {f'peak@{args.memory_rounds} MB':>12} "
         f"{'(peak-base)/model':>17} {'torch in researcher':>19}"
     )
@@ -319,14 +334,15 @@ def main() -> int:
             print(
                 f"{r['params']:>11,} {r['model_mb']:>9.1f} {r['round_s']:>8.3f} "
                 f"{r['train_s']:>8.3f} {r['torch_s']:>8.3f} {r['overhead_s']:>10.3f} "
-                f"{r['bare_s']:>7.3f} {r['ratio']:>6.2f} {r['baseline_mb']:>8.0f} "
+                f"{r['bare_s']:>7.3f} {r['ratio']:>6.2f} {r['cpu_s']:>6.2f} {r['baseline_mb']:>8.0f} "
                 f"{r['peak_timed_mb']:>11.0f} {r['peak_mb']:>12.0f} "
                 f"{r['extra_over_model']:>17.2f} {'yes' if r['torch_imported'] else 'no':>19}",
                 flush=True,
             )
     print(
         "train s: the slowest node's local training; torch s: the same step with plain torch in "
-        "one process; overhead = round - train; bare: the same bytes on one bare gRPC stream"
+        "one process; overhead = round - train; bare: the same bytes on one bare gRPC stream; "
+        "cpu s: CPU-seconds the whole machine spent busy per round (median), all processes"
     )
     print_targets(results, args.memory_rounds)
     return 0
