@@ -43,6 +43,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common.trace import TRACE_ENV  # noqa: E402
 
+# The plain-torch baseline allocates the way a node's task process does (node/executor.py).
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 N_NODES = 3
 CHUNK = 1 << 20
 

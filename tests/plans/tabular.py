@@ -81,6 +81,29 @@ class ScaffoldLogisticPlan(LogisticPlan):
         return Optimizer(lr=0.5, modules=[ScaffoldClientModule()])
 
 
+class HugePagesPlan(LogisticPlan):
+    """Prints whether a 16 MB torch tensor of its task process may use transparent huge pages."""
+
+    HUGE = "16 MB tensor THPeligible:"
+
+    def init_model(self):
+        block = torch.empty(4 << 20)  # float32: 16 MB, above torch's 2 MB huge-page threshold
+        address = block.data_ptr()
+        eligible = "no mapping"
+        with open("/proc/self/smaps") as smaps:
+            inside = False
+            for line in smaps:
+                head = line.split()[0]
+                if "-" in head and not head.endswith(":"):
+                    start, end = (int(part, 16) for part in head.split("-"))
+                    inside = start <= address < end
+                elif inside and head == "THPeligible:":
+                    eligible = line.split()[1]
+                    break
+        print(f"{self.HUGE} {eligible}")
+        return super().init_model()
+
+
 class NativeSgdPlan(LogisticPlan):
     """Trains with a native torch.optim.SGD and prints which lazy imports it found done."""
 
