@@ -40,14 +40,11 @@ __all__ = [
     "DEFAULT_KEEP_CHECKPOINTS",
     "PLAN_FILE",
     "Checkpoint",
-    "StagedCheckpoint",
     "latest_checkpoint",
     "list_checkpoints",
-    "publish_checkpoint",
     "read_checkpoint",
     "read_checkpoint_state",
     "split_arrays",
-    "stage_checkpoint",
     "write_checkpoint",
 ]
 
@@ -112,16 +109,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class StagedCheckpoint:
-    """A checkpoint's files written under a temporary name: not yet synced nor in place."""
-
-    root: Path
-    tmp: Path
-    round: int
-    names: tuple[str, ...]
-
-
 def write_checkpoint(
     folder: Path, checkpoint: Checkpoint, keep: int = DEFAULT_KEEP_CHECKPOINTS
 ) -> Path:
@@ -130,14 +117,6 @@ def write_checkpoint(
     Returns the checkpoint directory. Rewriting a round that already has a checkpoint (a
     resumed run replaying it) replaces the old one.
     """
-    return publish_checkpoint(stage_checkpoint(folder, checkpoint, keep), keep)
-
-
-def stage_checkpoint(
-    folder: Path, checkpoint: Checkpoint, keep: int = DEFAULT_KEEP_CHECKPOINTS
-) -> StagedCheckpoint:
-    """Write `checkpoint`'s files under a temporary directory; `publish_checkpoint` puts it
-    in place. Removes the leftovers of an earlier staging that was never published."""
     if keep < 1:
         raise ConfigurationError(f"keep_checkpoints must be at least 1, got {keep}")
     root = Path(folder) / CHECKPOINTS_DIR
@@ -158,29 +137,20 @@ def stage_checkpoint(
     if checkpoint.params_file is not None:
         _link_or_copy(checkpoint.params_file, tmp / PARAMS_FILE)
         names.append(PARAMS_FILE)
-    return StagedCheckpoint(root, tmp, checkpoint.round, tuple(names))
-
-
-def publish_checkpoint(staged: StagedCheckpoint, keep: int = DEFAULT_KEEP_CHECKPOINTS) -> Path:
-    """Sync a staged checkpoint to disk, rename it into place, prune to the last `keep`.
-
-    A reader sees the whole checkpoint or none, even after a crash of the machine: the
-    rename comes only once every file and the directory are on disk.
-    """
-    for name in staged.names:
-        _fsync_file(staged.tmp / name)
-    _fsync_dir(staged.tmp)
-    final = staged.root / _round_dir_name(staged.round)
+    for name in names:
+        _fsync_file(tmp / name)
+    _fsync_dir(tmp)
+    final = root / _round_dir_name(checkpoint.round)
     if final.exists():
-        trash = staged.root / f"{_TRASH_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+        trash = root / f"{_TRASH_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
         os.replace(final, trash)
-        os.replace(staged.tmp, final)
+        os.replace(tmp, final)
         shutil.rmtree(trash, ignore_errors=True)
     else:
-        os.replace(staged.tmp, final)
-    _fsync_dir(staged.root)
-    _prune(staged.root, keep)
-    log.debug("checkpoint of round %d written to %s", staged.round, final)
+        os.replace(tmp, final)
+    _fsync_dir(root)
+    _prune(root, keep)
+    log.debug("checkpoint of round %d written to %s", checkpoint.round, final)
     return final
 
 

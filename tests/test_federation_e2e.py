@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import threading
 import time
 from pathlib import Path
@@ -11,8 +10,6 @@ import numpy as np
 import pytest
 
 from common.errors import NoMatchingNodesError, RoundFailedError
-from researcher import background_checkpoints
-from researcher.checkpoint import StagedCheckpoint, latest_checkpoint
 from researcher.federated_workflows import Experiment
 from researcher.strategies.default_strategy import DefaultStrategy
 from tests.conftest import wait_for_nodes, write_tabular_csv
@@ -73,45 +70,6 @@ def test_fedavg_lowers_global_loss_and_equals_the_sample_weighted_mean(tmp_path,
     assert losses[1] < losses[0] and losses[3] < losses[1], losses
     assert (exp.experimentation_folder() / "metrics.jsonl").exists()
     assert (exp.experimentation_folder() / "final_params.npz").exists()
-
-
-def test_a_checkpoint_that_cannot_reach_the_disk_fails_the_run_and_the_run_resumes_before_it(
-    tmp_path, start_node, monkeypatch
-):
-    x, y = make_logistic_data(seed=0, n=60)
-    csv = write_tabular_csv(tmp_path / "data.csv", x, y)
-    start_node("disk", datasets=[("tab", ["#tab"], csv, "y")], approve=[LogisticPlan])
-    wait_for_nodes(1)
-    publish = background_checkpoints.publish_checkpoint
-
-    def io_error_on_round_2(staged: StagedCheckpoint, keep: int) -> Path:
-        if staged.round == 2:
-            raise OSError(errno.EIO, "Input/output error")
-        return publish(staged, keep)
-
-    monkeypatch.setattr(background_checkpoints, "publish_checkpoint", io_error_on_round_2)
-    exp = Experiment(
-        tags=["#tab"],
-        training_plan_class=LogisticPlan,
-        training_args={"num_updates": 2, "batch_size": 1000},
-        round_limit=3,
-        experimentation_folder=tmp_path / "exp",
-        show_progress=False,
-    )
-
-    # Checkpoints reach the disk in the background; a failure still fails the run.
-    with pytest.raises(OSError, match="round 2's checkpoint could not be synced"):
-        exp.run()
-    folder = exp.experimentation_folder()
-    assert latest_checkpoint(folder) == folder / "checkpoints" / "round-000001"
-    assert not (folder / "final_params.npz").exists()
-
-    monkeypatch.setattr(background_checkpoints, "publish_checkpoint", publish)
-    resumed = Experiment.load_breakpoint(folder)
-    assert resumed.round_current() == 1
-    assert resumed.run() == 2
-    assert latest_checkpoint(folder) == folder / "checkpoints" / "round-000003"
-    assert (folder / "final_params.npz").exists()
 
 
 def test_a_node_killed_mid_round_is_reported_by_name(tmp_path, start_node):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,6 @@ from common.errors import ConfigurationError
 from common.optimizers.declearn import ScaffoldServerModule, YogiModule
 from common.optimizers.optimizer import Optimizer
 from common.training_plans import TorchTrainingPlan
-from researcher.background_checkpoints import BackgroundCheckpoints
 from researcher.checkpoint import (
     CHECKPOINTS_DIR,
     Checkpoint,
@@ -101,43 +99,6 @@ def test_a_half_written_checkpoint_is_invisible_and_cleaned_up(tmp_path: Path) -
     write_checkpoint(tmp_path, _checkpoint(2))
     assert not (root / ".tmp-round-000002-dead").exists()
     assert latest_checkpoint(tmp_path) == root / "round-000002"
-
-
-def test_background_checkpoints_land_in_round_order_and_pruned(tmp_path: Path) -> None:
-    writer = BackgroundCheckpoints()
-    for round_number in (1, 2, 3):
-        writer.submit(tmp_path, _checkpoint(round_number), keep=2)
-
-    final = writer.wait()
-
-    assert final == tmp_path / CHECKPOINTS_DIR / "round-000003"
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["round-000002", "round-000003"]
-    back = read_checkpoint(tmp_path)
-    assert back.round == 3
-    np.testing.assert_array_equal(back.arrays["param/w"], _checkpoint(3).arrays["param/w"])
-    assert not [p for p in (tmp_path / CHECKPOINTS_DIR).iterdir() if p.name.startswith(".")]
-    assert writer.wait() is None  # nothing pending any more
-
-
-def test_a_checkpoint_that_cannot_reach_the_disk_fails_the_next_wait_naming_its_round(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writer = BackgroundCheckpoints()
-    writer.submit(tmp_path, _checkpoint(1), keep=3)
-    writer.wait()
-
-    def full_disk(staged: object, keep: int) -> Path:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("researcher.background_checkpoints.publish_checkpoint", full_disk)
-    writer.submit(tmp_path, _checkpoint(2), keep=3)
-
-    with pytest.raises(OSError, match="round 2's checkpoint could not be synced") as info:
-        writer.wait()
-    assert info.value.errno == errno.ENOSPC
-    assert "No space left on device" in str(info.value)
-    assert latest_checkpoint(tmp_path) == tmp_path / CHECKPOINTS_DIR / "round-000001"
-    assert writer.wait() is None  # reported once
 
 
 def test_unknown_format_is_refused_with_the_reason(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from common.training_plans.base import BaseTrainingPlan
 from common.training_plans.source import plan_hash, plan_source
 from researcher.aggregators import Aggregator, FedAverage
 from researcher.backend import Backend
-from researcher.background_checkpoints import BackgroundCheckpoints
 from researcher.checkpoint import (
     DEFAULT_KEEP_CHECKPOINTS,
     latest_checkpoint,
@@ -124,7 +123,6 @@ class Experiment:
         )
         self._replies: dict[int, dict[str, ReplySummary]] = {}
         self._checkpointed_round: int | None = None
-        self._checkpoints = BackgroundCheckpoints()
         self._resume_pending = self._options.resume
 
         self.set_tags(tags)
@@ -470,11 +468,9 @@ class Experiment:
                         self._state.round,
                     )
                     break
-            self._checkpoints.wait()  # the last round's checkpoint is in place before we return
             outcome = "done" if self._state.round == last else "stopped"
         except KeyboardInterrupt:
             outcome = "interrupted"
-            self._settle_checkpoint()
             log.warning(
                 "interrupted: round %d is the last completed and checkpointed round (in %s); a "
                 "round under way is dropped. Resume with `fedloom researcher run ... --resume` "
@@ -486,7 +482,6 @@ class Experiment:
             raise
         except BaseException as exc:
             error = str(exc)
-            self._settle_checkpoint()
             raise
         finally:
             progress.stop(outcome)
@@ -594,12 +589,7 @@ class Experiment:
             for node_id, reply in result.replies.items()
         }
         MetricsLog(self.experimentation_folder() / METRICS_FILE).append(result.record)
-        # Staged now, synced to disk while the next round starts (run() waits for it).
-        self._describe()
-        self._checkpoints.submit(
-            self.experimentation_folder(), state.to_checkpoint(), state.keep_checkpoints
-        )
-        self._checkpointed_round = state.round
+        self.breakpoint()
 
     def _reply_summary(self, round_number: int, node_id: str, reply: TrainReply) -> ReplySummary:
         params = None if self._node_params is None else self._node_params.get(round_number, node_id)
@@ -614,16 +604,8 @@ class Experiment:
         }
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _settle_checkpoint(self) -> None:
-        """Let the checkpoint being synced land while a run fails; log if it cannot."""
-        try:
-            self._checkpoints.wait()
-        except Exception as exc:  # the run's own error is the one to raise
-            log.error("%s", exc)
-
     def breakpoint(self) -> Path:
         """Checkpoint the current state now (run() also does after every round); returns its directory."""
-        self._checkpoints.wait()
         self._describe()
         if self._checkpointed_round is None:
             self._check_folder_is_ours()
