@@ -198,16 +198,22 @@ def test_the_researcher_sees_the_log_lines_of_a_task(tmp_path, start_node, caplo
     assert any("trained 3 step(s)" in r.getMessage() for r in relayed)
 
 
+def _lines_relayed_by_one_run(
+    plan: type, node_name: str, tmp_path, start_node, caplog
+) -> list[str]:
+    """Log lines the researcher relayed from a one-node, one-round run of `plan`."""
+    start_node(node_name, datasets=[("tab", TAGS, _csv(tmp_path), "y")], approve=[plan])
+    wait_for_nodes(1)
+    caplog.set_level(logging.INFO, logger="researcher.node")
+    assert _experiment(plan).run() == 1
+    return [r.getMessage() for r in caplog.records if r.name == "researcher.node"]
+
+
 def test_a_native_torch_optimizer_finds_its_lazy_imports_done_in_the_task_process(
     tmp_path, start_node, caplog
 ):
-    start_node("warm", datasets=[("tab", TAGS, _csv(tmp_path), "y")], approve=[NativeSgdPlan])
-    wait_for_nodes(1)
-    caplog.set_level(logging.INFO, logger="researcher.node")
+    relayed = _lines_relayed_by_one_run(NativeSgdPlan, "warm", tmp_path, start_node, caplog)
 
-    assert _experiment(NativeSgdPlan).run() == 1
-
-    relayed = [r.getMessage() for r in caplog.records if r.name == "researcher.node"]
     assert f"[warm] {NativeSgdPlan.PRELOADED} True" in relayed, relayed
 
 
@@ -225,13 +231,8 @@ def _transparent_huge_pages() -> str:
 )
 def test_torch_blocks_of_a_task_process_may_use_huge_pages(tmp_path, start_node, caplog):
     # Each task's tensors are fresh memory; 2 MB pages fault it in about 3x faster.
-    start_node("pages", datasets=[("tab", TAGS, _csv(tmp_path), "y")], approve=[HugePagesPlan])
-    wait_for_nodes(1)
-    caplog.set_level(logging.INFO, logger="researcher.node")
+    relayed = _lines_relayed_by_one_run(HugePagesPlan, "pages", tmp_path, start_node, caplog)
 
-    assert _experiment(HugePagesPlan).run() == 1
-
-    relayed = [r.getMessage() for r in caplog.records if r.name == "researcher.node"]
     assert f"[pages] {HugePagesPlan.HUGE} 1" in relayed, relayed
 
 
