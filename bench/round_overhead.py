@@ -234,7 +234,7 @@ def run_size(
     torch_step = plain_torch_seconds(width)
     steady = result["rounds"][1:] or result["rounds"]  # round 1 also ships the plan source
     round_s = min(r["seconds"] for r in steady)
-    train_s = min(r["seconds"] - (r["seconds"] - r["max_train"]) for r in steady)
+    train_s = min(r["max_train"] for r in steady)
     overhead = min(r["seconds"] - r["max_train"] for r in steady)
     cpu = sorted(r["cpu"] for r in steady)[len(steady) // 2]
     moved = 2 * N_NODES * model_bytes
