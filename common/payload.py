@@ -159,6 +159,17 @@ class EncodedPayload:
         """The arrays of a single-purpose payload (all in the unspecified section)."""
         return decode_arrays(self.manifest, self.buffer)
 
+    def close(self) -> None:
+        """Unmap a file-backed buffer now rather than when it is collected.
+
+        BufferError if arrays over it are still alive: they keep the mapping, which stays
+        valid (the payload's own buffer is released either way).
+        """
+        if isinstance(self.buffer, memoryview) and isinstance(self.buffer.obj, mmap.mmap):
+            mapped = self.buffer.obj
+            self.buffer.release()
+            mapped.close()
+
 
 def encode_sections(sections: Sections) -> EncodedPayload:
     """Copy every section's arrays once into a fresh contiguous buffer."""

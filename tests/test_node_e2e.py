@@ -35,7 +35,13 @@ from tests.plans.faulty import (
     MemoryHogPlan,
     WarnThenFailPlan,
 )
-from tests.plans.tabular import HugePagesPlan, LogisticPlan, NativeSgdPlan, make_logistic_data
+from tests.plans.tabular import (
+    GlobalReleasedPlan,
+    HugePagesPlan,
+    LogisticPlan,
+    NativeSgdPlan,
+    make_logistic_data,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -215,6 +221,14 @@ def test_a_native_torch_optimizer_finds_its_lazy_imports_done_in_the_task_proces
     relayed = _lines_relayed_by_one_run(NativeSgdPlan, "warm", tmp_path, start_node, caplog)
 
     assert f"[warm] {NativeSgdPlan.PRELOADED} True" in relayed, relayed
+
+
+def test_a_task_frees_the_global_model_once_loaded_so_its_reply_reuses_the_pages(
+    tmp_path, start_node, caplog
+):
+    relayed = _lines_relayed_by_one_run(GlobalReleasedPlan, "lean", tmp_path, start_node, caplog)
+
+    assert f"[lean] {GlobalReleasedPlan.GLOBAL} file False, mappings 0" in relayed, relayed
 
 
 def _transparent_huge_pages() -> str:

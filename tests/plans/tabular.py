@@ -104,6 +104,25 @@ class HugePagesPlan(LogisticPlan):
         return super().init_model()
 
 
+class GlobalReleasedPlan(LogisticPlan):
+    """Prints, while it trains, whether its task still has the downloaded global model."""
+
+    GLOBAL = "global model while training:"
+
+    def init_dependencies(self):
+        return [*super().init_dependencies(), "import os"]
+
+    def training_step(self, data, target):
+        import os
+
+        scratch = os.path.dirname(os.environ["TMPDIR"])  # the task's box, which holds it
+        with open("/proc/self/maps") as maps:
+            mapped = sum("global.bin" in line for line in maps)
+        exists = os.path.exists(os.path.join(scratch, "global.bin"))
+        print(f"{self.GLOBAL} file {exists}, mappings {mapped}")
+        return super().training_step(data, target)
+
+
 class NativeSgdPlan(LogisticPlan):
     """Trains with a native torch.optim.SGD and prints which lazy imports it found done."""
 
