@@ -9,6 +9,11 @@ timed rounds and again after `--memory-rounds` rounds (memory must not grow with
 with the growth over its pre-model baseline as a multiple of the model size, and the CPU time
 the whole machine spent per round (less noisy than the wall clock on a shared VM).
 
+The rounds run in one `Experiment.run` call, as a researcher runs them; a round's time is
+the time between its end and the previous round's end (aggregation and checkpoint included),
+taken from the researcher's progress log, and round 1, which also ships the plan's source,
+is not timed.
+
 The researcher runs the way a TOML experiment does: the plan is a file probed in a child
 process (researcher/plan_probe.py), so the researcher process never imports torch; the
 table's last column says whether it did.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import socket
@@ -34,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -116,6 +123,27 @@ def machine_busy_seconds() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+class RoundEnds(logging.Handler):
+    """When each round ended (wall clock and machine CPU), from the researcher's progress log.
+
+    The log line comes once the round is aggregated and checkpointed, so the time between two
+    of them is the round as a multi-round run lives it, with nothing of `run()`'s own start
+    and end (setup, final parameters file) in it.
+    """
+
+    def __init__(self, on_round: Callable[[int], object]) -> None:
+        super().__init__(logging.INFO)
+        self.on_round = on_round
+        self.ends: dict[int, tuple[float, float]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("round %d/%d done"):
+            assert isinstance(record.args, tuple), record.args
+            number = int(str(record.args[0]))
+            self.ends[number] = (time.perf_counter(), machine_busy_seconds())
+            self.on_round(number)
+
+
 def researcher_main(width: int, rounds: int, total_rounds: int, address: str, out: Path) -> None:
     from researcher.federated_workflows import Experiment, PlanFile
     from researcher.run_options import RunOptions
@@ -130,37 +158,35 @@ def researcher_main(width: int, rounds: int, total_rounds: int, address: str, ou
         round_limit=total_rounds,
         node_selection_strategy=DefaultStrategy(min_nodes=N_NODES),
         node_wait_timeout=300,
+        show_progress=False,
     )
     exp.check_training_plan()  # probe the plan before measuring the baseline
     baseline = peak_rss_bytes()
-    walls = []
-    busy = []
-    for _ in range(rounds):
-        start, start_busy = time.perf_counter(), machine_busy_seconds()
-        # The whole round as the researcher lives it: aggregation and checkpoint included.
-        exp.run(rounds=1)
-        walls.append(time.perf_counter() - start)
-        busy.append(machine_busy_seconds() - start_busy)
-    peak_timed = peak_rss_bytes()
-    if total_rounds > rounds:
-        exp.run(rounds=total_rounds - rounds)
+    peaks: dict[int, int] = {}
+    ends = RoundEnds(lambda number: peaks.setdefault(number, peak_rss_bytes()))
+    progress_log = logging.getLogger("researcher.progress")
+    progress_log.setLevel(logging.INFO)
+    progress_log.addHandler(ends)
+    # One run, as a researcher runs rounds; round 1 (it ships the plan source) is not timed.
+    exp.run(rounds=total_rounds)
+    assert sorted(ends.ends) == list(range(1, total_rounds + 1)), ends.ends
+    history = exp.metrics_history()
     rows = [
         {
-            "round": r.round,
-            "seconds": wall,
-            "cpu": cpu,
-            "max_train": max(n.train_seconds for n in r.nodes),
-            "answered": len(r.nodes),
+            "round": r,
+            "seconds": ends.ends[r][0] - ends.ends[r - 1][0],
+            "cpu": ends.ends[r][1] - ends.ends[r - 1][1],
+            "max_train": max(n.train_seconds for n in history[r - 1].nodes),
+            "answered": len(history[r - 1].nodes),
         }
-        for r, wall, cpu in zip(exp.metrics_history(), walls, busy, strict=False)
+        for r in range(2, rounds + 1)
     ]
-    peak = peak_rss_bytes()
     out.write_text(
         json.dumps(
             {
                 "rounds": rows,
-                "peak_rss_timed": peak_timed,
-                "peak_rss": peak,
+                "peak_rss_timed": peaks[rounds],
+                "peak_rss": peak_rss_bytes(),
                 "baseline_rss": baseline,
                 "torch_imported": "torch" in sys.modules,
             }
@@ -232,7 +258,7 @@ def run_size(
             proc.wait()
     result = json.loads(result_path.read_text())
     torch_step = plain_torch_seconds(width)
-    steady = result["rounds"][1:] or result["rounds"]  # round 1 also ships the plan source
+    steady = result["rounds"]  # rounds 2 to --rounds: round 1 also ships the plan source
     round_s = min(r["seconds"] for r in steady)
     train_s = min(r["max_train"] for r in steady)
     overhead = min(r["seconds"] - r["max_train"] for r in steady)
@@ -315,12 +341,15 @@ def main() -> int:
     parser.add_argument("--address", default="", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: round 1 ships the plan source and is not timed")
     if args.researcher is not None:
         total = max(args.rounds, args.memory_rounds)
         researcher_main(args.researcher, args.rounds, total, args.address, args.result)
         return 0
     print(
-        f"{N_NODES} nodes on loopback, one local step per round, best steady-state round of {args.rounds}"
+        f"{N_NODES} nodes on loopback, one local step per round, best of rounds 2 to {args.rounds} "
+        "of one run"
     )
     header = (
         f"{'params':>11} {'model MB':>9} {'round s':>8} {'train s':>8} {'torch s':>8} "
