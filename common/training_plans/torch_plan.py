@@ -140,13 +140,21 @@ class TorchTrainingPlan(BaseTrainingPlan):
 
     # -- training ---------------------------------------------------------------------------
     def train_round(self, data: DataManager, optimizer: Any) -> LocalTrainingResult:
-        args = self._training_args
-        if args.local_dp is not None:
+        result: LocalTrainingResult
+        if self._training_args.local_dp is not None:
             from common.privacy.dp_sgd import train_round_dp
 
-            result: LocalTrainingResult = train_round_dp(self, data, optimizer)
-            return result
-        rng = np.random.default_rng(args.random_seed)
+            result = train_round_dp(self, data, optimizer)
+        else:
+            result = self._train_steps(data, optimizer)
+        # The round's steps are done: free the gradients (a model's size) now, not when the
+        # task ends, so the reply written next reuses their memory instead of fresh pages.
+        for parameter in self.model().parameters():
+            parameter.grad = None
+        return result
+
+    def _train_steps(self, data: DataManager, optimizer: Any) -> LocalTrainingResult:
+        rng = np.random.default_rng(self._training_args.random_seed)
         model = self.model()
         model.train()
         optimizer.init_round()
