@@ -274,10 +274,10 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
 def _release_global(path: Path, payload: Any, training_args: Any) -> None:
     """Free the downloaded global model once the plan has loaded it, before training.
 
-    Its page cache would otherwise stay until the task ends, and the reply written after
-    training would take fresh pages: with the file gone, the kernel hands its just-freed
-    pages to that write (on this project's 2-core VM, 3 nodes writing 400 MB replies took
-    1.2-2.0 s into fresh pages and 0.3-0.4 s into just-freed ones). Under node-level DP the
+    Its page cache would otherwise stay until the task ends while training allocates a
+    model's size again (the gradients): with the file gone, the kernel hands its just-freed
+    pages to those allocations instead of fresh ones, and the plan frees the gradients in
+    turn for the reply (common/training_plans/torch_plan.py). Under node-level DP the
     supervisor measures the update against this file after training, so it stays.
     """
     if training_args.node_dp is not None:
