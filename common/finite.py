@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+from collections.abc import Collection, Mapping
+from typing import Any
 
 import numpy as np
 
 from common.page_release import release_window
+from common.proto import fedloom_pb2 as pb
 
-__all__ = ["FiniteArrays", "NonFiniteArrayError", "all_finite"]
+__all__ = ["FiniteArrays", "NonFiniteArrayError", "StreamScan", "all_finite"]
 
 #: Elements summed per numpy call on the fast path: few calls (each re-takes the GIL), and
 #: a window of a mapped upload (32 MiB of float32) is all that stays resident.
@@ -70,8 +73,89 @@ class FiniteArrays(dict[str, np.ndarray]):
 
     @classmethod
     def scanned(cls, arrays: Mapping[str, np.ndarray]) -> FiniteArrays:
-        """Scan every array; raise NonFiniteArrayError naming the first non-finite one."""
+        """Scan every array; raise NonFiniteArrayError naming the first non-finite one.
+
+        FiniteArrays are returned as they are: they were scanned when built.
+        """
+        if isinstance(arrays, FiniteArrays):
+            return arrays
         for name, value in arrays.items():
             if not all_finite(value):
                 raise NonFiniteArrayError(name)
         return cls(arrays)
+
+    @classmethod
+    def proven(
+        cls, arrays: Mapping[str, np.ndarray], finite: Collection[str]
+    ) -> FiniteArrays | None:
+        """`arrays` without a scan if each of its float arrays is in `finite` (names that a
+        `StreamScan` of their bytes proved finite); None if any is not."""
+        for name, value in arrays.items():
+            if value.dtype.kind in "fc" and name not in finite:
+                return None
+        return cls(arrays)
+
+
+class StreamScan:
+    """Which float arrays of a payload are finite, learnt from its bytes as they arrive.
+
+    The researcher scans each upload chunk by chunk while receiving it, when the bytes are
+    in hand, instead of mapping the whole upload back once it is complete: the round then
+    folds each reply in one pass over it, not two. Each chunk's part of an array is summed
+    as `all_finite` does; an array is proven finite only once every one of its bytes was
+    seen in a finite sum. Anything else (a non-finite sum, which may be a large but finite
+    float64, a chunk that splits an element, a manifest that lies) only leaves the array
+    unproven, for the full scan to decide: this class can prove, never refuse.
+    """
+
+    def __init__(self, manifest: pb.PayloadManifest) -> None:
+        specs = []
+        for spec in manifest.arrays:
+            try:
+                dtype = np.dtype(spec.dtype)
+            except (TypeError, ValueError, SyntaxError):
+                continue  # the payload's own checks refuse it once complete
+            if dtype.kind in "fc":
+                specs.append((int(spec.offset), int(spec.nbytes), dtype, (spec.section, spec.name)))
+        specs.sort(key=lambda item: item[0])
+        self._specs = specs
+        self._starts = [item[0] for item in specs]
+        self._seen = [0] * len(specs)  # bytes of each array seen in a finite sum
+        self._failed: set[int] = set()
+        self._next = 0
+
+    def feed(self, offset: int, data: Any) -> None:
+        """Scan the bytes `data` found at `offset` in the payload's buffer (fed in order)."""
+        if offset != self._next:  # PayloadAssembler refuses such chunks; prove nothing then
+            self._failed.update(range(len(self._specs)))
+        end = self._next = offset + len(data)
+        # Arrays starting before the chunk ends, latest first, down to one ending before it
+        # starts: laid out one after the other, as writers do, no earlier one overlaps. (A
+        # manifest with overlapping arrays may have some skipped: they stay unproven.)
+        for index in range(bisect.bisect_left(self._starts, end) - 1, -1, -1):
+            start, nbytes, dtype, _ = self._specs[index]
+            if start + nbytes <= offset:
+                break
+            if index in self._failed:
+                continue
+            low, high = max(offset, start), min(end, start + nbytes)
+            if (low - start) % dtype.itemsize or (high - low) % dtype.itemsize:
+                self._failed.add(index)  # an element split across chunks: leave it
+                continue
+            view = np.frombuffer(
+                data, dtype=dtype, count=(high - low) // dtype.itemsize, offset=low - offset
+            )
+            wide = np.complex128 if dtype.kind == "c" else np.float64
+            with np.errstate(over="ignore", invalid="ignore"):
+                if np.isfinite(np.add.reduce(view, dtype=wide)):
+                    self._seen[index] += high - low
+                else:
+                    self._failed.add(index)
+
+    def proven(self) -> dict[pb.PayloadSection.ValueType, frozenset[str]]:
+        """Names of the arrays proven finite, by payload section."""
+        out: dict[pb.PayloadSection.ValueType, set[str]] = {}
+        for index, (_, nbytes, _, (section, name)) in enumerate(self._specs):
+            if index not in self._failed and self._seen[index] == nbytes:
+                out.setdefault(section, set()).add(name)
+        return {section: frozenset(names) for section, names in out.items()}

@@ -20,7 +20,7 @@ import mmap
 import os
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -35,6 +35,7 @@ from common.constants import (
     PROTOCOL_VERSION,
 )
 from common.errors import PayloadError
+from common.finite import StreamScan
 from common.proto import fedloom_pb2 as pb
 
 __all__ = [
@@ -146,6 +147,9 @@ class EncodedPayload:
     manifest: pb.PayloadManifest
     buffer: Any
     source: FileSource | None = None
+    #: Names of the float arrays proven finite as the payload arrived, by section
+    #: (`PayloadAssembler(scan_finite=True)`); readers scan only the others.
+    finite: Mapping[Section, frozenset[str]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -283,11 +287,16 @@ class PayloadAssembler:
     """Reassemble chunks into one buffer: in memory, grown chunk by chunk (memory follows the
     bytes actually received, never the size a manifest claims); or into a file when `path`
     is set, written with `pwrite` as chunks come (no mapping, no zero-fill) and mapped
-    read-only by `finish`."""
+    read-only by `finish`. With `scan_finite`, each chunk's float values are summed as it
+    comes (common.finite.StreamScan) and the payload says which arrays are finite."""
 
-    def __init__(self, *, path: Path | None = None, limit: int | None = None) -> None:
+    def __init__(
+        self, *, path: Path | None = None, limit: int | None = None, scan_finite: bool = False
+    ) -> None:
         self._path = path
         self._limit = max_payload_bytes() if limit is None else limit
+        self._scan_finite = scan_finite
+        self._scan: StreamScan | None = None
         self._buffer: Any = None
         self._fd: int | None = None
         self._data_start = 0
@@ -323,6 +332,8 @@ class PayloadAssembler:
             self._buffer += data  # chunks arrive in order (checked above): append
         else:
             _pwrite_all(self._fd, data, self._data_start + head.offset)
+        if self._scan is not None:
+            self._scan.feed(head.offset, data)
         self.received = end
 
     def _start(self, chunk: pb.PayloadChunk) -> None:
@@ -343,6 +354,8 @@ class PayloadAssembler:
             )
         self.manifest = chunk.manifest
         self.payload_id = chunk.payload_id
+        if self._scan_finite:
+            self._scan = StreamScan(chunk.manifest)
         if self._path is None:
             self._buffer = bytearray()
         else:
@@ -362,12 +375,13 @@ class PayloadAssembler:
                 f"truncated payload {self.payload_id!r}: received {self.received} of "
                 f"{self.manifest.total_bytes} bytes"
             )
+        finite = self._scan.proven() if self._scan is not None else {}
         if self._fd is not None:
             self.close()
             assert self._path is not None
-            return read_payload_file(self._path)  # it validates the specs
+            return replace(read_payload_file(self._path), finite=finite)  # specs checked
         decode_sections(self.manifest, self._buffer)  # validate specs before anyone uses them
-        return EncodedPayload(self.manifest, self._buffer)
+        return EncodedPayload(self.manifest, self._buffer, finite=finite)
 
     def close(self) -> None:
         """Close a file-backed payload's file (what was written stays on disk)."""

@@ -373,8 +373,10 @@ class FederationServicer(pb_grpc.FederationServicer):
                     f"{expected.max_bytes} the researcher expects for this task",
                 )
             # On disk as it comes: no upload-sized buffer in memory (mapped once complete).
+            # Scanned for NaNs as it comes too, while the bytes are in hand: the round then
+            # folds the upload in one pass over its file, not a scan and a fold.
             spooled = self._payloads.spool_path()
-            assembler = PayloadAssembler(path=spooled, limit=expected.max_bytes)
+            assembler = PayloadAssembler(path=spooled, limit=expected.max_bytes, scan_finite=True)
             while chunk is not grpc.aio.EOF:
                 if expected.ended:
                     await _abort(

@@ -26,6 +26,7 @@ import numpy as np
 
 from common.constants import HEARTBEAT_TIMEOUT
 from common.errors import FedloomError
+from common.finite import FiniteArrays
 from common.payload import UNSPECIFIED, EncodedPayload, Section
 from common.proto import fedloom_pb2 as pb
 from common.task_uploads import upload_payload_id
@@ -254,7 +255,7 @@ class GrpcExchange:
             sections: Mapping[Section, Mapping[str, np.ndarray]] = {}
             if reply.payload_id:
                 upload = self._server.payloads.take_upload(node.node_id, reply.payload_id)
-                sections = upload.sections()
+                sections = _proven_finite(upload)
             received = ReceivedReply(node.node_id, reply, sections)
             if on_reply is None:
                 result.replies[node.node_id] = received
@@ -314,3 +315,13 @@ def _error_text(error: pb.TaskError) -> str:
 
 def _relay_log(node: ConnectedNode, record: pb.LogRecord) -> None:
     node_log.log(_LEVELS.get(record.level.upper(), 20), "[%s] %s", node.name, record.message)
+
+
+def _proven_finite(upload: EncodedPayload) -> dict[Section, Mapping[str, np.ndarray]]:
+    """The upload's sections; those whose float arrays were all proven finite as they
+    arrived come as FiniteArrays, which the reply's checks do not scan again."""
+    out: dict[Section, Mapping[str, np.ndarray]] = {}
+    for section, arrays in upload.sections().items():
+        proven = FiniteArrays.proven(arrays, upload.finite.get(section, frozenset()))
+        out[section] = arrays if proven is None else proven
+    return out

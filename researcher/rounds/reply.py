@@ -147,7 +147,7 @@ def decode_train_reply(
         )
     aux_arrays = sections.get(pb.PAYLOAD_SECTION_AUX, {})
     for name, value in aux_arrays.items():
-        if not all_finite(value):
+        if not isinstance(aux_arrays, FiniteArrays) and not all_finite(value):
             raise InvalidReplyError(f"{where} sent non-finite values in aux array {name!r}")
     if not secure:
         try:
