@@ -1,7 +1,8 @@
 """Round overhead: fedloom's round time beyond local training vs. a bare gRPC transfer.
 
-For models of about 100k, 10M and 100M float32 parameters and 3 nodes on loopback, with
-local training reduced to one step, prints per-round wall time, the slowest node's training
+For models of about 100k, 10M and 100M float32 parameters and 3 nodes on loopback, each
+training with one thread (`node start --threads 1`), with local training reduced to one
+step, prints per-round wall time, the slowest node's training
 time, the overhead (round minus that training), the time to move the same bytes through a
 bare gRPC stream in 1 MiB chunks in the same run and the overhead's ratio to it, the same
 local step run with plain torch in one process, and the researcher's peak memory after the
@@ -224,7 +225,8 @@ def run_size(
         )
         nodes.append(
             subprocess.Popen(
-                node_start_command(home, address),
+                # One thread per node's task, the issue's workload: 3 nodes share 2 cores.
+                [*node_start_command(home, address), "--threads", "1"],
                 env=env,
                 stdout=open(home / "bench-node.log", "wb"),
                 stderr=subprocess.STDOUT,
@@ -314,6 +316,7 @@ def plain_torch_seconds(width: int) -> float:
     """The nodes' local training (one SGD step on 2 rows) with plain torch (best of 3)."""
     import torch
 
+    torch.set_num_threads(1)  # as the nodes' tasks (--threads 1)
     model = torch.nn.Linear(width, width, bias=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     data = torch.ones(2, width)

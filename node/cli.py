@@ -491,6 +491,7 @@ def cmd_containment(args: argparse.Namespace) -> int:
             {
                 "max_memory_mb": settings.max_memory_mb,
                 "confinement": settings.confinement,
+                "threads": settings.threads,
                 "landlock_abi": support.landlock_abi,
                 "writes_confined": settings.confinement != "off" and support.confines_writes,
                 "network_isolated": settings.confinement != "off" and support.isolates_network,
@@ -547,6 +548,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise ConfigurationError("--task-timeout must be a positive number of seconds")
     if args.max_memory_mb is not None and args.max_memory_mb < 0:
         raise ConfigurationError("--max-memory-mb must be a number of megabytes, or 0 for no limit")
+    if args.threads is not None and args.threads < 0:
+        raise ConfigurationError("--threads must be a number of threads, or 0 for torch's default")
     home = _home(args)
     tls = _tls_files(args)
     researcher = check_researcher_address(args.researcher or home.researcher_address)
@@ -579,6 +582,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         task_timeout=args.task_timeout,
         max_memory_mb=args.max_memory_mb,
         confinement=args.confinement,
+        threads=args.threads,
     )
 
 
@@ -762,6 +766,14 @@ def register(
         choices=CONFINEMENT_MODES,
         help="confine plans' writes and network: 'auto' where the kernel allows (default), "
         "'require' to refuse to start otherwise, 'off' not at all",
+    )
+    start.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads a training task's torch and BLAS may use, 0 for their default of one per "
+        "CPU (default: [containment] threads in config.toml, else 0); lower it when the node "
+        "shares its machine",
     )
     start.set_defaults(func=cmd_start)
 

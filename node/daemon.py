@@ -492,11 +492,11 @@ def _containment_summary(limits: pb.WorkerLimits) -> str:
 
 
 def _containment_limits(
-    home: NodeHome, max_memory_mb: int | None, confinement: str | None
+    home: NodeHome, max_memory_mb: int | None, confinement: str | None, threads: int | None
 ) -> pb.WorkerLimits:
     """Resolve the operator's containment settings against this kernel, and say what holds."""
     settings = ContainmentSettings.resolve(
-        home.config, max_memory_mb=max_memory_mb, confinement=confinement
+        home.config, max_memory_mb=max_memory_mb, confinement=confinement, threads=threads
     )
     support = probe_support()
     limits = settings.worker_limits(support)  # ContainmentError when 'require' is not met
@@ -515,6 +515,7 @@ def run_node(
     task_timeout: float | None = None,
     max_memory_mb: int | None = None,
     confinement: str | None = None,
+    threads: int | None = None,
 ) -> int:
     """Run the node until SIGINT/SIGTERM; returns the process exit code.
 
@@ -540,7 +541,7 @@ def run_node(
             credentials=credentials,
             allow_unapproved=allow_unapproved,
             task_timeout=task_timeout,
-            limits=_containment_limits(home, max_memory_mb, confinement),
+            limits=_containment_limits(home, max_memory_mb, confinement, threads),
             cert_path=(tls or {}).get("cert"),
             secagg_identity=identity,
         )

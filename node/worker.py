@@ -471,11 +471,29 @@ def _plan_process(task: pb.WorkerTask) -> None:
     tempfile.tempdir = None
     try:
         with span("plan.process"):  # opens the trace file before confinement
+            if task.limits.threads:
+                _limit_threads(task.limits.threads)
             confine_process(task.limits, [scratch, Path(task.state_dir)])
             result = run_task(task)
     except BaseException as exc:  # the plan is untrusted: any failure becomes a reply
         result = _plan_error(exc, task.limits)
     write_message(scratch / PLAN_RESULT, result)
+
+
+def _limit_threads(count: int) -> None:
+    """Hold the plan's torch and BLAS to `count` threads (the operator's `threads`).
+
+    Torch and numpy's BLAS were loaded by the warm process with one thread per CPU; on a
+    machine the node shares, that many busy-waiting threads per task slow everything else.
+    The environment variables reach libraries the plan loads later and processes it starts.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(count)
+    torch.set_num_threads(count)
+    threadpool_limits(count)  # numpy's BLAS, already loaded
 
 
 def _plan_outcome(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import RoundFailedError
+from common.errors import ConfigurationError, RoundFailedError
 from node.containment import ContainmentError, ContainmentSettings, ContainmentSupport
 from node.containment.support import probe_support
 from researcher.federated_workflows import Experiment
@@ -297,3 +297,18 @@ def test_the_default_memory_limit_is_half_the_machine_and_zero_means_none():
         ContainmentSettings.resolve({"containment": {"max_memory_mb": -1}})
     with pytest.raises(Exception, match="unknown key"):
         ContainmentSettings.resolve({"containment": {"memory": 1}})
+
+
+def test_threads_come_from_the_command_line_then_the_config_and_reach_the_task_limits():
+    support = ContainmentSupport(0, "no Landlock in this kernel", "", "no namespaces")
+    assert ContainmentSettings.resolve({}).worker_limits(support).threads == 0
+    configured = ContainmentSettings.resolve({"containment": {"threads": 2}})
+    assert configured.worker_limits(support).threads == 2
+    assert (True, "training tasks use 2 thread(s) for torch and BLAS") in configured.describe(
+        support
+    )
+    overridden = ContainmentSettings.resolve({"containment": {"threads": 2}}, threads=1)
+    assert overridden.worker_limits(support).threads == 1
+    for bad in (-1, 1.5, "4", True):
+        with pytest.raises(ConfigurationError, match="threads must be a whole number"):
+            ContainmentSettings.resolve({"containment": {"threads": bad}})

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,7 @@ from tests.plans.tabular import (
     HugePagesPlan,
     LogisticPlan,
     NativeSgdPlan,
+    ThreadsPlan,
     make_logistic_data,
 )
 
@@ -205,10 +208,15 @@ def test_the_researcher_sees_the_log_lines_of_a_task(tmp_path, start_node, caplo
 
 
 def _lines_relayed_by_one_run(
-    plan: type, node_name: str, tmp_path, start_node, caplog
+    plan: type, node_name: str, tmp_path, start_node, caplog, extra_args: Sequence[str] = ()
 ) -> list[str]:
     """Log lines the researcher relayed from a one-node, one-round run of `plan`."""
-    start_node(node_name, datasets=[("tab", TAGS, _csv(tmp_path), "y")], approve=[plan])
+    start_node(
+        node_name,
+        datasets=[("tab", TAGS, _csv(tmp_path), "y")],
+        approve=[plan],
+        extra_args=extra_args,
+    )
     wait_for_nodes(1)
     caplog.set_level(logging.INFO, logger="researcher.node")
     assert _experiment(plan).run() == 1
@@ -229,6 +237,16 @@ def test_a_task_frees_the_global_model_once_loaded_so_its_reply_reuses_the_pages
     relayed = _lines_relayed_by_one_run(GlobalReleasedPlan, "lean", tmp_path, start_node, caplog)
 
     assert f"[lean] {GlobalReleasedPlan.GLOBAL} file False, mappings 0" in relayed, relayed
+
+
+def test_the_operator_sets_how_many_threads_a_task_uses(tmp_path, start_node, caplog):
+    # On a machine the node shares, one thread per CPU per task oversubscribes it.
+    wanted = 1 if (os.cpu_count() or 1) > 1 else 2  # not the default, whatever the machine
+    relayed = _lines_relayed_by_one_run(
+        ThreadsPlan, "few", tmp_path, start_node, caplog, extra_args=["--threads", str(wanted)]
+    )
+
+    assert f"[few] {ThreadsPlan.THREADS} torch {wanted}, blas [{wanted}]" in relayed, relayed
 
 
 def _transparent_huge_pages() -> str:

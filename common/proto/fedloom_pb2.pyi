@@ -1373,22 +1373,26 @@ class WorkerLimits(_message.Message):
     MAX_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     CONFINE_WRITES_FIELD_NUMBER: _builtins.int
     ISOLATE_NETWORK_FIELD_NUMBER: _builtins.int
+    THREADS_FIELD_NUMBER: _builtins.int
     max_memory_bytes: _builtins.int
     """address space the plan may add to its forked size; 0: none"""
     confine_writes: _builtins.bool
     """Landlock: writes only under scratch_dir and state_dir"""
     isolate_network: _builtins.bool
     """no network: own network namespace and/or Landlock TCP rules"""
+    threads: _builtins.int
+    """torch's and the BLAS's threads in the plan; 0: their default"""
     def __init__(
         self,
         *,
         max_memory_bytes: _builtins.int = ...,
         confine_writes: _builtins.bool = ...,
         isolate_network: _builtins.bool = ...,
+        threads: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confine_writes", b"confine_writes", "isolate_network", b"isolate_network", "max_memory_bytes", b"max_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confine_writes", b"confine_writes", "isolate_network", b"isolate_network", "max_memory_bytes", b"max_memory_bytes", "threads", b"threads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,4 +1,4 @@
-"""How a node confines its training processes: memory cap and write/network confinement.
+"""How a node confines its training processes: memory cap, threads, write/network confinement.
 
 Set in the home's ``config.toml``::
 
@@ -8,8 +8,10 @@ Set in the home's ``config.toml``::
     confinement = "auto"      # "auto": confine where the kernel allows, say so otherwise
                               # "require": refuse to start without write and network
                               #            confinement; "off": neither
+    threads = 0               # per task: threads torch and BLAS may use; 0: their
+                              # default (one per CPU the node may use)
 
-``fedloom node start --max-memory-mb`` and ``--confinement`` override the file.
+``fedloom node start --max-memory-mb``, ``--confinement`` and ``--threads`` override the file.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ContainmentSettings:
     max_memory_mb: int
     confinement: str = "auto"
     memory_from_default: bool = False
+    threads: int = 0
 
     def __post_init__(self) -> None:
         if (
@@ -47,6 +50,11 @@ class ContainmentSettings:
         ):
             raise ConfigurationError(
                 f"max_memory_mb must be a whole number of MB, 0 for no limit; got {self.max_memory_mb!r}"
+            )
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
+            raise ConfigurationError(
+                f"threads must be a whole number of threads per task, 0 for torch's default; "
+                f"got {self.threads!r}"
             )
         if self.confinement not in CONFINEMENT_MODES:
             raise ConfigurationError(
@@ -60,22 +68,24 @@ class ContainmentSettings:
         *,
         max_memory_mb: int | None = None,
         confinement: str | None = None,
+        threads: int | None = None,
     ) -> ContainmentSettings:
         """Command-line values first, then the home's [containment] table, then defaults."""
         table = config.get("containment", {})
         if not isinstance(table, Mapping):
             raise ConfigurationError("[containment] in config.toml must be a table")
-        unknown = sorted(set(table) - {"max_memory_mb", "confinement"})
+        unknown = sorted(set(table) - {"max_memory_mb", "confinement", "threads"})
         if unknown:
             raise ConfigurationError(
                 f"unknown key(s) {unknown} in [containment] of config.toml; "
-                "known ones are max_memory_mb and confinement"
+                "known ones are max_memory_mb, confinement and threads"
             )
         memory = max_memory_mb if max_memory_mb is not None else table.get("max_memory_mb")
         mode = confinement or table.get("confinement", "auto")
+        count = threads if threads is not None else table.get("threads", 0)
         if memory is None:
-            return cls(default_memory_limit_mb(), mode, memory_from_default=True)
-        return cls(memory, mode)
+            return cls(default_memory_limit_mb(), mode, memory_from_default=True, threads=count)
+        return cls(memory, mode, threads=count)
 
     def worker_limits(self, support: ContainmentSupport) -> pb.WorkerLimits:
         """The limits each task applies; ContainmentError when `require` cannot be met."""
@@ -98,6 +108,7 @@ class ContainmentSettings:
             max_memory_bytes=self.max_memory_mb * _MIB,
             confine_writes=confine and support.confines_writes,
             isolate_network=confine and support.isolates_network,
+            threads=self.threads,
         )
 
     def describe(self, support: ContainmentSupport) -> list[tuple[bool, str]]:
@@ -112,6 +123,8 @@ class ContainmentSettings:
                 else ""
             )
             lines.append((True, f"training tasks may use {self.max_memory_mb} MB{origin}"))
+        if self.threads:
+            lines.append((True, f"training tasks use {self.threads} thread(s) for torch and BLAS"))
         lines.append((True, "every process a plan starts is killed when its task ends"))
         if self.confinement == "off":
             lines.append(

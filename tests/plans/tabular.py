@@ -123,6 +123,22 @@ class GlobalReleasedPlan(LogisticPlan):
         return super().training_step(data, target)
 
 
+class ThreadsPlan(LogisticPlan):
+    """Prints how many threads torch and numpy's BLAS may use in its task process."""
+
+    THREADS = "task threads:"
+
+    def init_dependencies(self):
+        return [*super().init_dependencies(), "from threadpoolctl import threadpool_info"]
+
+    def init_model(self):
+        from threadpoolctl import threadpool_info
+
+        blas = sorted({pool["num_threads"] for pool in threadpool_info()})
+        print(f"{self.THREADS} torch {torch.get_num_threads()}, blas {blas}")
+        return super().init_model()
+
+
 class NativeSgdPlan(LogisticPlan):
     """Trains with a native torch.optim.SGD and prints which lazy imports it found done."""
 
