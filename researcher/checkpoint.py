@@ -131,7 +131,7 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise ConfigurationError(f"checkpoint state is not JSON-serialisable: {exc}") from exc
     (tmp / STATE_FILE).write_text(json_text, encoding="utf-8")
-    write_payload_file(tmp / ARRAYS_FILE, checkpoint.arrays)
+    write_payload_file(tmp / ARRAYS_FILE, checkpoint.arrays, durable=True)
     (tmp / PLAN_FILE).write_text(checkpoint.plan_source, encoding="utf-8")
     names = [STATE_FILE, ARRAYS_FILE, PLAN_FILE]
     if checkpoint.params_file is not None:

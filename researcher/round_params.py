@@ -119,7 +119,8 @@ class AggregatedParams(Mapping[int, dict[str, Any]]):
         folder = self._folder()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"round_{round_number:06d}.bin"
-        write_sections_file(path, {pb.PAYLOAD_SECTION_PARAMS: params})
+        # Durable now: the checkpoint links this file, and its fsync then finds it clean.
+        write_sections_file(path, {pb.PAYLOAD_SECTION_PARAMS: params}, durable=True)
         self._paths[round_number] = path
         self._latest = (round_number, RoundFile(path))
         return self._latest[1]

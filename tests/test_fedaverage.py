@@ -91,6 +91,63 @@ def test_finish_writes_the_mean_over_its_float64_sums_without_another_model_buff
         agg.finish()  # finish ended the round: the sums now hold the result
 
 
+def _fold_round(agg: FedAverage, replies: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    agg.start({"w": replies[0][0]})  # a template: shapes and dtypes only
+    for i, (params, weight) in enumerate(replies):
+        agg.add(f"n{i}", {"w": params}, weight)
+    return agg.finish()["w"]
+
+
+def _mean(replies: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    return sum(p.astype(np.float64) * w for p, w in replies) / sum(w for _, w in replies)
+
+
+def test_the_next_round_folds_into_the_last_rounds_sums_without_a_new_buffer() -> None:
+    import tracemalloc
+
+    n = 1 << 20
+    rng = np.random.default_rng(5)
+    rounds = [[(rng.normal(size=n).astype(np.float32), w) for w in (2.0, 5.0)] for _ in range(3)]
+    agg = FedAverage()
+    _fold_round(agg, rounds[0])  # its result dropped: its sums are free for the next round
+    for replies in rounds[1:]:
+        tracemalloc.start()
+        try:
+            result = _fold_round(agg, replies)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < n, f"a round allocated {peak} bytes for an {8 * n}-byte float64 sum"
+        # The reused buffer held the last mean, not zeros: the first fold overwrote it.
+        np.testing.assert_allclose(result, _mean(replies), rtol=1e-6, atol=1e-7)
+        del result
+    agg.release()  # a run ended: the next round takes a new buffer
+    tracemalloc.start()
+    try:
+        _fold_round(agg, rounds[0])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak >= 8 * n
+
+
+def test_a_result_still_held_is_never_folded_over() -> None:
+    rng = np.random.default_rng(6)
+    first_replies = [(rng.normal(size=1000), w) for w in (1.0, 3.0)]
+    agg = FedAverage()
+    first = _fold_round(agg, first_replies)
+    kept = first.copy()
+    secure = (rng.normal(size=1000), 4.0)
+    agg.start({"w": np.zeros(1000)})
+    agg.add_secure_sum({"w": secure[0]}, secure[1])  # a first fold by the other path
+    np.testing.assert_allclose(agg.finish()["w"], secure[0] / 4.0)
+    np.testing.assert_array_equal(first, kept)
+    view = first[10:20]  # a view alone keeps the buffer too
+    del first
+    _fold_round(agg, [(np.ones(1000), 1.0)])
+    np.testing.assert_array_equal(view, kept[10:20])
+
+
 @pytest.mark.parametrize(
     ("values", "finite"),
     [

@@ -36,6 +36,10 @@ class Aggregator(abc.ABC):
     def use_scratch_folder(self, folder: Path) -> None:  # noqa: B027 - optional hook
         """Where the aggregator may write temporary files (the Experiment gives its folder)."""
 
+    def release(self) -> None:  # noqa: B027 - optional hook
+        """Drop what is kept from round to round for speed (a run ended); the next round
+        allocates it again."""
+
     @abc.abstractmethod
     def start(self, template: Mapping[str, np.ndarray]) -> None:
         """Begin a round whose parameters look like `template`."""

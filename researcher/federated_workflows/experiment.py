@@ -484,6 +484,8 @@ class Experiment:
             error = str(exc)
             raise
         finally:
+            # Its buffers kept between rounds (2x the model at FedAverage) go with the run.
+            self._state.aggregator.release()
             progress.stop(outcome)
             if tensorboard is not None:
                 tensorboard.close()

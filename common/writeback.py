@@ -1,0 +1,63 @@
+"""Start writing a file's pages to disk while the file is still being written.
+
+A durable file (a checkpoint's parameters) used to be written whole into the page cache and
+then fsynced: the fsync found every byte dirty and waited for all of it (190 ms of a 100M
+model's 330 ms on our VM). Starting the writeback of each slice as soon as it is written
+(Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which queues the I/O and returns) lets the
+disk work while the rest is copied in, so the closing fsync waits for the last slices only
+(write and fsync of 400 MB: 185-213 ms instead of 310-400 ms). The fsync stays the
+durability point; where the call does not exist this only costs the wait it would save.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from typing import IO
+
+__all__ = ["WRITEBACK_SLICE", "fsync_file", "write_durably"]
+
+#: Bytes written before their writeback is started: large enough for few system calls,
+#: small enough that the disk starts early.
+WRITEBACK_SLICE = 32 << 20
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except AttributeError:  # not Linux (or a libc without it)
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    start: Callable[[int, int, int, int], int] = function
+    return start
+
+
+_START_WRITEBACK = _sync_file_range()
+
+
+def write_durably(fh: IO[bytes], data: memoryview) -> None:
+    """Write `data` at `fh`'s position, starting each slice's writeback once it is written.
+
+    The caller fsyncs the file when it is complete; until then nothing is promised.
+    """
+    view = data.cast("B")
+    fh.flush()  # what the buffer holds goes before `data`, at the offsets we track
+    fd = fh.fileno()
+    for start in range(0, len(view), WRITEBACK_SLICE):
+        piece = view[start : start + WRITEBACK_SLICE]
+        offset = fh.tell()
+        fh.write(piece)
+        fh.flush()
+        if _START_WRITEBACK is not None:
+            # Best effort: an error here only means the fsync will wait for more.
+            _START_WRITEBACK(fd, offset, len(piece), _SYNC_FILE_RANGE_WRITE)
+
+
+def fsync_file(fh: IO[bytes]) -> None:
+    """Flush `fh` and wait until its data is on disk."""
+    fh.flush()
+    os.fsync(fh.fileno())
