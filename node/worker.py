@@ -27,7 +27,7 @@ import time
 import traceback
 import types
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,8 @@ def _return_tensor(tensor: Any, *args: Any, **kwargs: Any) -> Any:
 #: Files of the plan process in the scratch folder; the supervisor turns them into the
 #: task's reply payload and WorkerResult.
 PLAN_PAYLOAD = "plan-reply.bin"
+#: The downloaded global model while a plan trains in it (it then becomes PLAN_PAYLOAD).
+TRAINING_FILE = "training.bin"
 PLAN_RESULT = "plan-result.pb"
 
 #: Exception texts by which torch's CPU allocator reports a refused allocation.
@@ -208,16 +210,26 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
         torch.manual_seed(int(training_args.random_seed))
     with span("plan.build"):
         plan, personalized = _build_plan(task, training_args)
+    scratch = Path(task.scratch_dir)
+    in_place = _may_train_in_place(task, training_args, personalized)
     with span("plan.read_global"):
         global_path = Path(task.global_payload_path)
         wait_for_global(global_path)
-        global_payload = read_payload_file(global_path)
+        global_payload = read_payload_file(global_path, writable=in_place)
         sections = global_payload.sections()
     state_dir = Path(task.state_dir)
     tags = plan.parameter_tags() if personalized else ParameterTags()
     own = tags.own(_read_personal(state_dir, task.round)) if tags else None
+    global_params = sections.get(pb.PAYLOAD_SECTION_PARAMS, {})
     with span("plan.set_params"):
-        plan.set_shared_parameters(sections.get(pb.PAYLOAD_SECTION_PARAMS, {}))
+        adopted = (
+            in_place
+            and set(sections) == {pb.PAYLOAD_SECTION_PARAMS}
+            and hasattr(plan, "adopt_parameters")
+            and plan.adopt_parameters(global_params)
+        )
+        if not adopted:
+            plan.set_shared_parameters(global_params)
     with span("plan.optimizer"):
         optimizer = plan.training_optimizer()
         saved = _read_state(state_dir, task.round)
@@ -228,7 +240,12 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
             optimizer.process_aux_var(decode_aux_vars(task.aux_vars, aux_arrays, plan.vector_kind))
             del aux_arrays
     del sections
-    _release_global(global_path, global_payload, training_args)
+    if adopted:
+        # The model trains in this file, which becomes its reply: one copy of the model.
+        os.replace(global_path, scratch / TRAINING_FILE)
+    else:
+        del global_params
+        _release_global(global_path, global_payload, training_args)
     with span("plan.train"):
         outcome = plan.run_local_training(optimizer, own)
     aux_out, aux_arrays = encode_aux_vars(optimizer.collect_aux_var(), prefix="aux")
@@ -250,7 +267,15 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
         meta, state_arrays = optimizer.export_state()
         _write_state(state_dir, task.round, meta, state_arrays, tags.own(trained))
     with span("plan.write_reply"):
-        write_sections_file(Path(task.scratch_dir) / PLAN_PAYLOAD, out_sections)
+        if (
+            adopted
+            and not aux_arrays
+            and _same_arrays(out_sections[pb.PAYLOAD_SECTION_PARAMS], global_params)
+        ):
+            os.replace(scratch / TRAINING_FILE, scratch / PLAN_PAYLOAD)  # trained in place
+        else:
+            write_sections_file(scratch / PLAN_PAYLOAD, out_sections)
+            (scratch / TRAINING_FILE).unlink(missing_ok=True)
     log.info(
         "trained %d step(s) on %d samples in %.2f s, last loss %s",
         outcome.n_steps,
@@ -268,6 +293,34 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
         aux_vars=aux_out,
         vector_kind=plan.vector_kind,
         **_dp_fields(outcome),
+    )
+
+
+def _may_train_in_place(task: pb.WorkerTask, training_args: Any, personalized: bool) -> bool:
+    """Whether the plan may train in the downloaded global model's file, its reply to be.
+
+    Not where the global model must outlive training (node-level DP measures the update
+    against it; SecAgg's supervisor pins its digest), nor where the reply differs from it
+    in layout (aux vars in, local parameters kept out) or record-level DP wraps the model.
+    """
+    return (
+        training_args.node_dp is None
+        and training_args.local_dp is None
+        and not task.secagg.enabled
+        and not task.aux_vars.items
+        and not personalized
+    )
+
+
+def _same_arrays(trained: Mapping[str, Any], mapped: Mapping[str, np.ndarray]) -> bool:
+    """True when the trained parameters are the mapped arrays themselves (the plan did not
+    swap a tensor out of the file during training), so the file holds the reply as is."""
+    return set(trained) == set(mapped) and all(
+        isinstance(value, np.ndarray)
+        and value.shape == mapped[name].shape
+        and value.dtype == mapped[name].dtype
+        and value.__array_interface__["data"][0] == mapped[name].__array_interface__["data"][0]
+        for name, value in trained.items()
     )
 
 
@@ -471,29 +524,11 @@ def _plan_process(task: pb.WorkerTask) -> None:
     tempfile.tempdir = None
     try:
         with span("plan.process"):  # opens the trace file before confinement
-            if task.limits.threads:
-                _limit_threads(task.limits.threads)
             confine_process(task.limits, [scratch, Path(task.state_dir)])
             result = run_task(task)
     except BaseException as exc:  # the plan is untrusted: any failure becomes a reply
         result = _plan_error(exc, task.limits)
     write_message(scratch / PLAN_RESULT, result)
-
-
-def _limit_threads(count: int) -> None:
-    """Hold the plan's torch and BLAS to `count` threads (the operator's `threads`).
-
-    Torch and numpy's BLAS were loaded by the warm process with one thread per CPU; on a
-    machine the node shares, that many busy-waiting threads per task slow everything else.
-    The environment variables reach libraries the plan loads later and processes it starts.
-    """
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[name] = str(count)
-    torch.set_num_threads(count)
-    threadpool_limits(count)  # numpy's BLAS, already loaded
 
 
 def _plan_outcome(

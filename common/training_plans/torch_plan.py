@@ -130,6 +130,50 @@ class TorchTrainingPlan(BaseTrainingPlan):
                     )
                 state[name].copy_(src)
 
+    def adopt_parameters(self, params: Mapping[str, np.ndarray]) -> bool:
+        """Make the model's floating tensors *be* `params` instead of copying them in.
+
+        `params` are writable arrays (views over the downloaded global model's shared
+        mapping): training then updates them in place, so the task neither copies the
+        model in nor writes a reply. False, with nothing changed, when the model does not
+        fit them exactly (names, shapes, dtypes; contiguous CPU tensors, none sharing
+        storage with another, as tied weights do) or the plan overrides how its parameters
+        are read or set: the caller then copies them in with `set_parameters`.
+        """
+        plan_type = type(self)
+        if (
+            plan_type.get_parameters is not TorchTrainingPlan.get_parameters
+            or plan_type.set_parameters is not TorchTrainingPlan.set_parameters
+        ):
+            return False
+        tensors = {
+            name: tensor
+            for name, tensor in self.model().state_dict(keep_vars=True).items()
+            if tensor.is_floating_point()
+        }
+        if set(tensors) != set(params):
+            return False
+        storages = set()
+        for name, tensor in tensors.items():
+            src = params[name]
+            if not (
+                tensor.device.type == "cpu"
+                and tensor.layout == torch.strided
+                and tensor.is_contiguous()
+                and tuple(tensor.shape) == src.shape
+                and torch.empty(0, dtype=tensor.dtype).numpy().dtype == src.dtype
+                and src.flags.writeable
+                and src.flags.c_contiguous
+            ):
+                return False
+            storages.add(tensor.untyped_storage().data_ptr())
+        if len(storages) != len(tensors):
+            return False  # tied weights: two names, one storage; adopting would untie them
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                tensor.data = torch.from_numpy(params[name])
+        return True
+
     def trainable_parameter_names(self) -> list[str]:
         return [n for n, p in self.model().named_parameters() if p.requires_grad]
 

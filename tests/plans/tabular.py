@@ -105,7 +105,8 @@ class HugePagesPlan(LogisticPlan):
 
 
 class GlobalReleasedPlan(LogisticPlan):
-    """Prints, while it trains, whether its task still has the downloaded global model."""
+    """Prints, while it trains, whether its task still has the downloaded global model
+    apart from its own, and whether its model lives in the task's `training.bin` mapping."""
 
     GLOBAL = "global model while training:"
 
@@ -117,25 +118,61 @@ class GlobalReleasedPlan(LogisticPlan):
 
         scratch = os.path.dirname(os.environ["TMPDIR"])  # the task's box, which holds it
         with open("/proc/self/maps") as maps:
-            mapped = sum("global.bin" in line for line in maps)
+            lines = maps.read().splitlines()
+        mapped = sum("global.bin" in line for line in lines)
+        address = self.model().weight.data_ptr()
+        in_file = False
+        for line in lines:
+            if line.endswith("training.bin"):
+                low, high = (int(part, 16) for part in line.split()[0].split("-"))
+                in_file = in_file or low <= address < high
         exists = os.path.exists(os.path.join(scratch, "global.bin"))
-        print(f"{self.GLOBAL} file {exists}, mappings {mapped}")
+        print(f"{self.GLOBAL} file {exists}, mappings {mapped}, model in file {in_file}")
+        return super().training_step(data, target)
+
+
+class GlobalCopiedInPlan(GlobalReleasedPlan):
+    """Sets its parameters its own way: the node copies the global model in, then frees it."""
+
+    def set_parameters(self, params):
+        super().set_parameters(params)
+
+
+class SwappingPlan(LogisticPlan):
+    """Replaces its weight tensor while training (its optimizer keeps the old one), with one
+    holding SWAPPED_VALUE: the reply must carry that tensor, not the one the task mapped."""
+
+    SWAPPED_VALUE = 0.5
+
+    def training_step(self, data, target):
+        model = self.model()
+        if not getattr(self, "_swapped", False):
+            model.weight = torch.nn.Parameter(torch.full_like(model.weight, self.SWAPPED_VALUE))
+            self._swapped = True
         return super().training_step(data, target)
 
 
 class ThreadsPlan(LogisticPlan):
-    """Prints how many threads torch and numpy's BLAS may use in its task process."""
+    """Prints how many threads torch and numpy's BLAS may use in its task process, and how
+    many threads that process runs (idle BLAS pools spin: they must not be started)."""
 
     THREADS = "task threads:"
 
     def init_dependencies(self):
-        return [*super().init_dependencies(), "from threadpoolctl import threadpool_info"]
+        return [
+            *super().init_dependencies(),
+            "import os",
+            "from threadpoolctl import threadpool_info",
+        ]
 
     def init_model(self):
+        import os
+
         from threadpoolctl import threadpool_info
 
         blas = sorted({pool["num_threads"] for pool in threadpool_info()})
-        print(f"{self.THREADS} torch {torch.get_num_threads()}, blas {blas}")
+        running = len(os.listdir("/proc/self/task"))
+        print(f"{self.THREADS} torch {torch.get_num_threads()}, blas {blas}, running {running}")
         return super().init_model()
 
 
