@@ -1,6 +1,6 @@
 """Dropping the pages of read-only file mappings from this process's resident memory.
 
-Payload files (`common.payload.read_payload_file`) are mapped read-only; once read, their
+Payload files (`common.payload_files.read_payload_file`) are mapped read-only; once read, their
 pages count as this process's memory until released. Releasing them loses nothing: the
 data stays in the file and the page cache, and comes back on the next access.
 """

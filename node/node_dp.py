@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import SecaggError
-from common.payload import read_payload_file
+from common.payload_files import read_payload_file
 from common.privacy import NodeLevelDP, privatize_update
 from common.proto import fedloom_pb2 as pb
 from common.secagg import SecureAggregation

@@ -305,7 +305,7 @@ class TaskHandler:
 
     def _secagg_correction(self, task: pb.TaskRequest, task_dir: Path) -> pb.TaskReply:
         """Recompute this node's masks toward dropped peers so the survivors' sum can be unmasked."""
-        from common.payload import write_payload_file
+        from common.payload_files import write_payload_file
         from common.secagg import CorrectionLedger, NodeMasker, load_or_create_keypair
         from common.secagg.protect import context_settings
 
@@ -350,7 +350,7 @@ class TaskHandler:
 
     def _analytics(self, task: pb.TaskRequest, task_dir: Path) -> pb.TaskReply:
         """Cohort statistics of a registered dataset (node/analytics), uploaded as a payload."""
-        from common.payload import write_sections_file
+        from common.payload_files import write_sections_file
         from node.analytics import CohortPolicy, analytics_answer
 
         request = task.analytics

@@ -25,7 +25,8 @@ from common.chunk_wire import (
     encode_chunk,
 )
 from common.constants import PROTOCOL_VERSION
-from common.payload import EncodedPayload, PayloadAssembler, iter_chunks, read_payload_file
+from common.payload import EncodedPayload, iter_chunks
+from common.payload_files import PayloadAssembler, read_payload_file
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 

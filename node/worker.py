@@ -112,7 +112,7 @@ def _read_state(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
     """The state saved by the latest round before `round_number` (a replayed round reads
     the state it started from, not the one an abandoned attempt wrote)."""
-    from common.payload import read_payload_file
+    from common.payload_files import read_payload_file
 
     earlier = [path for r, path in _round_dirs(state_dir) if r < round_number]
     if not earlier:
@@ -127,7 +127,7 @@ def _read_state(
 def _read_personal(state_dir: Path, round_number: int) -> dict[str, np.ndarray]:
     """The node's own local and persistent parameters after the latest round before
     `round_number` (empty before its first round)."""
-    from common.payload import read_payload_file
+    from common.payload_files import read_payload_file
 
     earlier = [path for r, path in _round_dirs(state_dir) if r < round_number]
     if not earlier or not (earlier[-1] / PERSONAL_FILE).exists():
@@ -146,7 +146,7 @@ def _write_state(
 ) -> None:
     """Save the state after `round_number` atomically (directory renamed into place):
     the optimizer's and, for plans that have some, the local and persistent parameters."""
-    from common.payload import write_payload_file
+    from common.payload_files import write_payload_file
 
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = state_dir / f".tmp-{uuid.uuid4().hex[:8]}"
@@ -198,7 +198,7 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
     """Train as `task` says (in the plan process); writes the clear reply payload."""
     from common.errors import PlanError
     from common.optimizers.aux_codec import decode_aux_vars, encode_aux_vars
-    from common.payload import read_payload_file, write_sections_file
+    from common.payload_files import read_payload_file, write_sections_file
     from common.training_args import TrainingArgs
     from common.training_plans.personalization import ParameterTags
 
@@ -409,7 +409,7 @@ def _mask_reply(
 ) -> None:
     """Mask the plan's clear reply for secure aggregation (see common.secagg.protect)."""
     from common.optimizers.aux_codec import decode_aux_vars
-    from common.payload import read_payload_file, write_sections_file
+    from common.payload_files import read_payload_file, write_sections_file
     from common.secagg import CorrectionLedger, NodeMasker, load_or_create_keypair
     from common.secagg.protect import context_settings, protect_node_reply
     from common.training_args import TrainingArgs
@@ -564,7 +564,7 @@ def _plan_outcome(
 
 def _check_payload(path: Path) -> None:
     """Refuse a reply payload the plan process could have forged before the daemon reads it."""
-    from common.payload import read_payload_file
+    from common.payload_files import read_payload_file
 
     try:
         read_payload_file(path).sections()

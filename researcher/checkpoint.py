@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import ConfigurationError, PayloadError
-from common.payload import read_payload_file, write_payload_file
+from common.payload_files import read_payload_file, write_payload_file
 from researcher.round_params import read_params_file
 
 __all__ = [

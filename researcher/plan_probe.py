@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import ConfigurationError, FedloomError
-from common.payload import read_payload_file, write_payload_file
+from common.payload_files import read_payload_file, write_payload_file
 
 __all__ = ["PlanDetails", "PlanFile", "ProbedPlan", "plan_file_for_source", "probe_plan"]
 

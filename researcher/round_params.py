@@ -10,13 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from common.payload import (
-    UNSPECIFIED,
-    EncodedPayload,
-    read_payload_file,
-    write_payload_file,
-    write_sections_file,
-)
+from common.payload import UNSPECIFIED, EncodedPayload
+from common.payload_files import read_payload_file, write_payload_file, write_sections_file
 from common.proto import fedloom_pb2 as pb
 
 __all__ = [

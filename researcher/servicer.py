@@ -23,7 +23,8 @@ import grpc.aio
 from common.chunk_wire import WireChunk
 from common.constants import HEARTBEAT_INTERVAL, PROTOCOL_VERSION
 from common.errors import FedloomError
-from common.payload import PayloadAssembler, iter_chunks
+from common.payload import iter_chunks
+from common.payload_files import PayloadAssembler
 from common.proto import fedloom_pb2 as pb
 from common.proto import fedloom_pb2_grpc as pb_grpc
 from common.trace import span

@@ -285,7 +285,7 @@ def test_toml_experiments_take_the_block_as_a_training_args_dp_table(tmp_path):
 def test_node_refuses_an_update_measured_against_a_global_model_the_plan_rewrote(tmp_path):
     """A plan could rewrite the downloaded global parameters in its scratch folder so its
     'update' is tiny while its upload carries anything: the supervisor pins them first."""
-    from common.payload import write_sections_file
+    from common.payload_files import write_sections_file
     from node.node_dp import global_params_digest, privatize_reply
 
     global_params, trained = _updates(1)

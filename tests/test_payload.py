@@ -10,14 +10,8 @@ import pytest
 from common.constants import ARRAY_ALIGNMENT, PROTOCOL_VERSION
 from common.errors import PayloadError, ProtocolVersionError
 from common.page_release import release_file_pages
-from common.payload import (
-    PayloadAssembler,
-    decode_arrays,
-    encode_arrays,
-    iter_chunks,
-    read_payload_file,
-    write_payload_file,
-)
+from common.payload import decode_arrays, encode_arrays, iter_chunks
+from common.payload_files import PayloadAssembler, read_payload_file, write_payload_file
 from common.proto import fedloom_pb2 as pb
 from tests.resident_memory import rss_file_bytes
 
@@ -203,7 +197,8 @@ def test_big_endian_input_is_sent_little_endian() -> None:
 
 
 def test_sections_keep_same_names_apart_and_round_trip_through_files(tmp_path: Path) -> None:
-    from common.payload import encode_sections, read_payload_file, write_sections_file
+    from common.payload import encode_sections
+    from common.payload_files import read_payload_file, write_sections_file
 
     sections = {
         pb.PAYLOAD_SECTION_PARAMS: {"w": np.arange(6, dtype=np.float32).reshape(2, 3)},

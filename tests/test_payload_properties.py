@@ -21,14 +21,8 @@ from hypothesis.extra import numpy as hnp
 
 from common.constants import PROTOCOL_VERSION
 from common.errors import FedloomError
-from common.payload import (
-    PayloadAssembler,
-    decode_arrays,
-    encode_arrays,
-    iter_chunks,
-    read_payload_file,
-    write_payload_file,
-)
+from common.payload import decode_arrays, encode_arrays, iter_chunks
+from common.payload_files import PayloadAssembler, read_payload_file, write_payload_file
 from common.proto import fedloom_pb2 as pb
 
 #: The receiver's payload limit in these tests: small, so an accepted payload is cheap.

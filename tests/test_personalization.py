@@ -236,7 +236,7 @@ def _node_round(tmp_path, rnd: int, global_params: dict[str, np.ndarray]):  # ty
     """Run round `rnd` of KeepPlan as the node's plan process does; return (result, upload)."""
     import json
 
-    from common.payload import read_payload_file, write_sections_file
+    from common.payload_files import read_payload_file, write_sections_file
     from node.worker import PLAN_PAYLOAD, run_task
 
     scratch = tmp_path / f"task-{rnd}"
@@ -265,7 +265,7 @@ def _node_round(tmp_path, rnd: int, global_params: dict[str, np.ndarray]):  # ty
 
 
 def _saved(tmp_path, rnd: int) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    from common.payload import read_payload_file
+    from common.payload_files import read_payload_file
 
     path = tmp_path / "state" / f"round-{rnd:06d}" / "personal.bin"
     return {k: np.array(v) for k, v in read_payload_file(path).arrays().items()}

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.payload import EncodedPayload, read_payload_file
+from common.payload import EncodedPayload
+from common.payload_files import read_payload_file
 from common.training_args import TrainingArgs
 from researcher.federated_workflows import Experiment
 from researcher.server import get_server

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 import common.writeback as writeback
-from common.payload import read_payload_file, write_payload_file, write_sections_file
+from common.payload_files import read_payload_file, write_payload_file, write_sections_file
 from common.proto import fedloom_pb2 as pb
 
 

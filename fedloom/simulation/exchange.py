@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.errors import ConfigurationError, FedloomError
-from common.payload import EncodedPayload, read_payload_file, write_sections_file
+from common.payload import EncodedPayload
+from common.payload_files import read_payload_file, write_sections_file
 from common.proto import fedloom_pb2 as pb
 from common.task_uploads import upload_payload_id
 from fedloom.simulation.pool import ActorPool

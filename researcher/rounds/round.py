@@ -22,12 +22,8 @@ import numpy as np
 from common.errors import FedloomError
 from common.optimizers.aux_codec import encode_aux_vars
 from common.page_release import release_file_pages
-from common.payload import (
-    EncodedPayload,
-    Sections,
-    read_payload_file,
-    write_sections_file,
-)
+from common.payload import EncodedPayload, Sections
+from common.payload_files import read_payload_file, write_sections_file
 from common.proto import fedloom_pb2 as pb
 from common.secagg import SecureAggregation as SecaggSettings
 from common.trace import span
