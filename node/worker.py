@@ -215,6 +215,9 @@ def run_task(task: pb.WorkerTask) -> pb.WorkerResult:
     with span("plan.read_global"):
         global_path = Path(task.global_payload_path)
         wait_for_global(global_path)
+        # A file with other links is shared (the simulation links one global model into
+        # every virtual node's task): training in it would change it for the others.
+        in_place = in_place and os.stat(global_path).st_nlink == 1
         global_payload = read_payload_file(global_path, writable=in_place)
         sections = global_payload.sections()
     state_dir = Path(task.state_dir)
