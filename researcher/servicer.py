@@ -129,6 +129,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         """Control streams open now (waiting for Hello or serving a node)."""
         return self._open_streams
 
+    @property
+    def waiting_for_hello(self) -> int:
+        """Control streams open now that have not said Hello yet."""
+        return sum(self._pending.values())
+
     async def _refuse_by_auth(
         self, context: grpc.aio.ServicerContext[Any, Any], claimed: str
     ) -> str | None:

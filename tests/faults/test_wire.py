@@ -57,7 +57,12 @@ def test_streams_that_never_say_hello_are_capped_per_host_and_closed_at_the_dead
     release = threading.Event()
     try:
         silent = [_silent(researcher_address, release) for _ in range(4)]
-        time.sleep(0.5)
+        # The streams start asynchronously: wait until the server holds all four (a fixed
+        # pause lost that race on a loaded CI machine), well within their 1.5 s deadline.
+        admitted = time.monotonic() + 1.0
+        while server.servicer.waiting_for_hello < 4 and time.monotonic() < admitted:
+            time.sleep(0.01)
+        assert server.servicer.waiting_for_hello == 4
         code, details = _code(_silent(researcher_address, release))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "already waiting to say Hello" in details
