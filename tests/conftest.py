@@ -89,6 +89,39 @@ class NodeProcess:
         stop_process_group(self.proc)
 
 
+def plan_task(
+    scratch: Path,
+    class_name: str,
+    dataset_path: Path,
+    training_args: dict[str, Any],
+    state_dir: Path,
+    round_number: int = 1,
+    **fields: Any,
+) -> Any:
+    """A WorkerTask for `node.worker.run_task`, as the node's daemon (or the simulation)
+    writes it: plan at `scratch/plan.py`, global model at `scratch/global.bin`."""
+    import json
+
+    from common.proto import fedloom_pb2 as pb
+
+    return pb.WorkerTask(
+        task_id=f"t{round_number}",
+        experiment_id="exp",
+        round=round_number,
+        class_name=class_name,
+        plan_path=str(scratch / "plan.py"),
+        dataset_path=str(dataset_path),
+        training_args_json=json.dumps(training_args),
+        model_args_json="{}",
+        global_payload_path=str(scratch / "global.bin"),
+        scratch_dir=str(scratch),
+        state_dir=str(state_dir),
+        reply_payload_path=str(scratch / "reply.bin"),
+        result_path=str(scratch / "result.pb"),
+        **fields,
+    )
+
+
 def stop_process_group(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM a process started with `start_new_session=True` and its group; SIGKILL after 10 s."""
     if proc.poll() is None:

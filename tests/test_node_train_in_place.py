@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from common.proto import fedloom_pb2 as pb
 from common.training_args import TrainingArgs
 from common.training_plans.source import plan_source
 from node.worker import PLAN_PAYLOAD, run_task
-from tests.conftest import write_tabular_csv
+from tests.conftest import plan_task, write_tabular_csv
 from tests.plans.tabular import LogisticPlan, make_logistic_data
 
 ARGS = {"num_updates": 3, "batch_size": 20}
@@ -24,28 +23,20 @@ def _task(tmp_path: Path, global_file: Path) -> pb.WorkerTask:
     scratch = tmp_path / "task"
     scratch.mkdir()
     (tmp_path / "state").mkdir()
-    plan_file = tmp_path / "plan.py"
-    plan_file.write_text(plan_source(LogisticPlan))
+    (scratch / "plan.py").write_text(plan_source(LogisticPlan))
     x, y = make_logistic_data(seed=1, n=80)
     plan = LogisticPlan()
     plan.post_init({}, TrainingArgs.from_dict(ARGS))
     write_sections_file(global_file, {pb.PAYLOAD_SECTION_PARAMS: plan.get_parameters()})
-    return pb.WorkerTask(
-        task_id="t1",
-        experiment_id="e1",
-        round=1,
-        class_name="LogisticPlan",
-        plan_path=str(plan_file),
-        dataset_path=str(write_tabular_csv(tmp_path / "data.csv", x, y)),
+    data = write_tabular_csv(tmp_path / "data.csv", x, y)
+    return plan_task(  # type: ignore[no-any-return]
+        scratch,
+        "LogisticPlan",
+        data,
+        ARGS,
+        tmp_path / "state",
         dataset_type="csv",
         dataset_target="y",
-        training_args_json=json.dumps(ARGS),
-        model_args_json="{}",
-        global_payload_path=str(scratch / "global.bin"),
-        scratch_dir=str(scratch),
-        state_dir=str(tmp_path / "state"),
-        reply_payload_path=str(tmp_path / "reply.bin"),
-        result_path=str(tmp_path / "result.pb"),
     )
 
 

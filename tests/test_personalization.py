@@ -16,6 +16,7 @@ from common.training_plans import FedSGDClassifier, TorchTrainingPlan
 from common.training_plans.personalization import resolve_tags
 from researcher.rounds import ModelTemplate, ReceivedReply
 from researcher.rounds.reply import InvalidReplyError, decode_train_reply
+from tests.conftest import plan_task
 
 NAMES = ["body.0.weight", "body.0.bias", "head.weight", "head.bias", "headline.weight"]
 
@@ -234,8 +235,6 @@ class KeepPlan(TorchTrainingPlan):
 
 def _node_round(tmp_path, rnd: int, global_params: dict[str, np.ndarray]):  # type: ignore[no-untyped-def]
     """Run round `rnd` of KeepPlan as the node's plan process does; return (result, upload)."""
-    import json
-
     from common.payload_files import read_payload_file, write_sections_file
     from node.worker import PLAN_PAYLOAD, run_task
 
@@ -244,21 +243,7 @@ def _node_round(tmp_path, rnd: int, global_params: dict[str, np.ndarray]):  # ty
     (scratch / "plan.py").write_text(NODE_PLAN, encoding="utf-8")
     write_sections_file(scratch / "global.bin", {pb.PAYLOAD_SECTION_PARAMS: global_params})
     args = {"num_updates": 1, "random_seed": 0, "test_ratio": 0.5, "test_on_global_updates": True}
-    task = pb.WorkerTask(
-        task_id=f"t{rnd}",
-        experiment_id="exp",
-        round=rnd,
-        class_name="KeepPlan",
-        plan_path=str(scratch / "plan.py"),
-        dataset_path=str(tmp_path / "data.csv"),
-        training_args_json=json.dumps(args),
-        model_args_json="{}",
-        global_payload_path=str(scratch / "global.bin"),
-        scratch_dir=str(scratch),
-        state_dir=str(tmp_path / "state"),
-        reply_payload_path=str(scratch / "reply.bin"),
-        result_path=str(scratch / "result.pb"),
-    )
+    task = plan_task(scratch, "KeepPlan", tmp_path / "data.csv", args, tmp_path / "state", rnd)
     result = run_task(task)
     upload = read_payload_file(scratch / PLAN_PAYLOAD).sections()[pb.PAYLOAD_SECTION_PARAMS]
     return result, {k: np.array(v) for k, v in upload.items()}
