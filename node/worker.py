@@ -732,8 +732,10 @@ def main() -> int:
     # point of this process: each task then starts as a fork in milliseconds.
     import common.optimizers.adapters
     import common.optimizers.aux_codec
+    import common.payload_files  # every task's plan process and supervisor: 9 ms each
     import common.secagg
     import common.training_plans  # noqa: F401
+    import node.node_dp  # noqa: F401 - a SecAgg task's supervisor
 
     _import_torch_optim_lazies()
 
