@@ -92,14 +92,21 @@ class _OwnParametersPlan(LogisticPlan):
         return {k: v * 1 for k, v in super().get_parameters().items()}
 
 
+class _OwnSharedLoadPlan(LogisticPlan):
+    def set_shared_parameters(self, params):
+        super().set_shared_parameters({k: v * 0.5 for k, v in params.items()})
+
+
 @pytest.mark.parametrize(
     "break_it",
-    ["read-only", "float64", "missing", "shape", "tied", "own-get-parameters"],
+    ["read-only", "float64", "missing", "shape", "tied", "own-get-parameters", "own-shared-load"],
 )
 def test_what_cannot_be_adopted_is_left_as_it_was(tmp_path: Path, break_it: str) -> None:
-    plan_class = {"tied": _TiedPlan, "own-get-parameters": _OwnParametersPlan}.get(
-        break_it, LogisticPlan
-    )
+    plan_class = {
+        "tied": _TiedPlan,
+        "own-get-parameters": _OwnParametersPlan,
+        "own-shared-load": _OwnSharedLoadPlan,
+    }.get(break_it, LogisticPlan)
     plan = _trained_plan(tmp_path, plan_class)
     before = {k: v.copy() for k, v in plan.get_parameters().items()}
     given = _writable_copies(plan)

@@ -144,6 +144,7 @@ class TorchTrainingPlan(BaseTrainingPlan):
         if (
             plan_type.get_parameters is not TorchTrainingPlan.get_parameters
             or plan_type.set_parameters is not TorchTrainingPlan.set_parameters
+            or plan_type.set_shared_parameters is not BaseTrainingPlan.set_shared_parameters
         ):
             return False
         tensors = {
