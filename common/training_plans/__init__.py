@@ -31,6 +31,11 @@ _LAZY = {
 }
 
 
+def framework_plan_modules() -> list[str]:
+    """The modules loaded on first use: a node's warm process imports them up front."""
+    return sorted(set(_LAZY.values()))
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
