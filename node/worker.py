@@ -739,12 +739,15 @@ def warm_up() -> None:
     import node.node_dp  # noqa: F401 - a SecAgg task's supervisor
     from common.optimizers.optimizer import Optimizer
     from common.training_plans import framework_plan_modules
+    from node.huge_pages import collapse_private_memory
 
     for module in framework_plan_modules():
         importlib.import_module(module)
     _import_torch_optim_lazies()
     # Fills the abc caches its spec checks consult (isinstance against Mapping, Iterable).
     Optimizer(lr=0.1)
+    # Last, once the memory to share is all there: forks then copy 2 MB page entries.
+    collapse_private_memory()
 
 
 def main() -> int:
