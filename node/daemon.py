@@ -29,6 +29,7 @@ from common.grpc_options import channel_options
 from common.proto import fedloom_pb2 as pb
 from common.secagg.advert import NodeIdentity
 from node.containment import ContainmentSettings, probe_support
+from node.db_connections import keep_connections_open
 from node.executor import TaskExecutor
 from node.home import NodeHome, utc_now
 from node.home_lock import hold_home_lock
@@ -524,6 +525,7 @@ def run_node(
     """
     running: list[NodeDaemon] = []
     _log_to_file(home, lambda: running[0].current_experiment if running else None)
+    keep_connections_open()  # a long-lived process: no reopening around every task
     with hold_home_lock(home.path):
         try:
             credentials = _channel_credentials(tls, insecure)

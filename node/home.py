@@ -33,6 +33,7 @@ import tomli_w
 
 from common.constants import DEFAULT_PORT
 from common.errors import NodeHomeError
+from node import db_connections
 
 __all__ = [
     "DEFAULT_HOME",
@@ -148,23 +149,29 @@ def connect_database(
     the database.
     """
     path = Path(db_path)
-    conn = _open_connection(path)
+    conn, kept = db_connections.acquire(path, _open_connection)
     try:
-        if not durable:
-            conn.execute("PRAGMA synchronous = NORMAL")
+        if kept or not durable:  # a kept connection may come from a non-durable block
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         yield conn
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        _roll_back(conn)
+        if kept:
+            db_connections.discard(path)
         raise _database_error(path, exc) from exc
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        _roll_back(conn)
         raise
     finally:
-        conn.close()
+        if not kept:
+            conn.close()
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def create_tables(db_path: Path | str, schema: str) -> None:
