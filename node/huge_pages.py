@@ -7,8 +7,8 @@ memory, 80,000 entries, each time. `collapse_private_memory` asks the kernel to 
 memory into 2 MB pages (`MADV_COLLAPSE`, Linux >= 6.1), one entry per 2 MB. A fork then
 shares those pages whole; a child that writes to one gets a private copy of only the 4 kB
 it wrote, as before. On our 2-core VM a fork-and-exit of the warm process went from
-10-14 ms to 5-10 ms, and a 100k-parameter round from 0.13-0.15 s to 0.11-0.12 s
-(README, Benchmarks).
+10-12 ms to 5-7 ms, and a 100k-parameter round from 0.13-0.15 s to 0.11-0.12 s (README,
+Benchmarks).
 
 Best effort: an older kernel, a region the kernel will not collapse, or no 2 MB pages to
 spare leave the memory as it was.
