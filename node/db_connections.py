@@ -4,7 +4,7 @@ Opening a connection, setting it up and closing it costs more than the small tra
 the daemon runs around every task: closing the last connection to a WAL database also
 checkpoints the log into the database and deletes it, so each write paid 1.3-1.9 ms where
 the same write on an open connection takes 0.02 ms (and a read 0.2 against 0.004 ms).
-The daemon runs four to eight of them per task. Short-lived commands (the CLI, tests) keep
+The daemon runs about eight of them per task. Short-lived commands (the CLI, tests) keep
 opening and closing: their database file on disk is then always complete and checkpointed.
 
 A connection is kept per thread (sqlite3 connections belong to the thread that opened
@@ -60,6 +60,11 @@ def acquire(
     entry = kept.pop(key, None)
     if entry is not None:
         connection, opened_for = entry
+        if connection.in_transaction:
+            # A block inside another block on the same thread: it gets its own connection,
+            # as before (the outer one's transaction must not be joined or restarted).
+            kept[key] = entry
+            return open_connection(path), False
         if identity is not None and opened_for == identity:
             kept[key] = entry  # most recently used last
             return connection, True

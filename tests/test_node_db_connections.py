@@ -119,3 +119,14 @@ def test_a_forked_child_opens_its_own_connection(db: Path, keeping: None) -> Non
 
     assert os.waitstatus_to_exitcode(status) == 0
     assert _same_connection(db)  # the parent's connection survived the child
+
+
+def test_a_block_inside_another_gets_its_own_connection(db: Path, keeping: None) -> None:
+    _mark_connection(db)
+    with connect_database(db) as outer:
+        outer.execute("SELECT count(*) FROM items").fetchone()
+        inner_sees_marker = _same_connection(db)  # would BEGIN inside the outer transaction
+        outer.execute("SELECT count(*) FROM items").fetchone()
+
+    assert not inner_sees_marker
+    assert _same_connection(db)  # the kept connection serves again once the outer ended
