@@ -89,13 +89,16 @@ def descendants(pid: int | None = None, *, scan_all: bool = False) -> list[int]:
 
 def _walk_children_files(root: int) -> list[int] | None:
     found: list[int] = []
+    seen = {root}  # a pid reused mid-walk must not send the walk round in a loop
     stack = [root]
     while stack:
         listed = _children_files(stack.pop())
         if listed is None:
             return None
-        found.extend(listed)
-        stack.extend(listed)
+        fresh = [child for child in listed if child not in seen]
+        seen.update(fresh)
+        found.extend(fresh)
+        stack.extend(fresh)
     return found
 
 
