@@ -18,9 +18,11 @@ from typing import IO
 
 __all__ = ["WRITEBACK_SLICE", "fsync_file", "write_durably"]
 
-#: Bytes written before their writeback is started: large enough for few system calls,
-#: small enough that the disk starts early.
-WRITEBACK_SLICE = 32 << 20
+#: Bytes written before their writeback is started: one huge page, so the disk starts
+#: almost at once and the closing fsync waits for the last 2 MB or so. Write and fsync of
+#: 40 MB took 24 ms (median of 14) against 37 ms with 32 MB slices and 27 ms with 4 MB;
+#: of 400 MB, 186 ms against 218 ms (1 MB slices: 24 and 183 ms, for twice the calls).
+WRITEBACK_SLICE = 2 << 20
 
 _SYNC_FILE_RANGE_WRITE = 2
 
