@@ -26,6 +26,7 @@ from common.constants import (
 )
 from common.errors import ConfigurationError, FedloomError
 from common.grpc_options import channel_options
+from common.heap_retention import retain_freed_heap
 from common.proto import fedloom_pb2 as pb
 from common.secagg.advert import NodeIdentity
 from node.containment import ContainmentSettings, probe_support
@@ -526,6 +527,7 @@ def run_node(
     running: list[NodeDaemon] = []
     _log_to_file(home, lambda: running[0].current_experiment if running else None)
     keep_connections_open()  # a long-lived process: no reopening around every task
+    retain_freed_heap()  # every payload's messages reuse the last one's memory
     with hold_home_lock(home.path):
         try:
             credentials = _channel_credentials(tls, insecure)

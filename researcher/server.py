@@ -20,6 +20,7 @@ import grpc.aio
 from common.chunk_wire import FEDERATION_SERVICE, decode_chunk, encode_chunk
 from common.errors import ConfigurationError
 from common.grpc_options import server_options
+from common.heap_retention import retain_freed_heap
 from common.proto import fedloom_pb2 as pb
 from researcher.node_directory import NodeDirectory
 from researcher.payload_store import PayloadStore
@@ -138,6 +139,9 @@ def get_server(options: RunOptions | None = None) -> ResearcherServer:
                 f"on {options.address}: use one address per researcher process"
             )
         if _server is None:
+            # This process now streams every model through 1 MiB messages (uploads and
+            # downloads): let them reuse freed heap rather than fault fresh pages in.
+            retain_freed_heap()
             _server = ResearcherServer(
                 options.address,
                 credentials=options.server_credentials(),
