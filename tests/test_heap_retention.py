@@ -43,3 +43,35 @@ def test_freed_messages_are_reused_instead_of_faulted_in_again() -> None:
     # 40 bursts x 8 MiB of 4 kB pages.
     assert default > 40 * 8 * 256 // 2
     assert retained < default / 20
+
+
+# Eight threads each hold 12 MiB of messages at the same moment, then free them. Prints how
+# much resident memory the process kept, in MiB.
+_THREADS = """
+import sys, threading
+from common.heap_retention import retain_freed_heap
+assert retain_freed_heap()
+def rss():
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS")) / 1024
+barrier = threading.Barrier(8)
+def work(i):
+    messages = [bytes([i]) * (1 << 20) for _ in range(12)]
+    barrier.wait()
+    del messages
+before = rss()
+threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(rss() - before)
+"""
+
+
+def test_freed_memory_kept_is_bounded_whatever_the_number_of_threads() -> None:
+    from common.heap_retention import TRIM_THRESHOLD
+
+    out = subprocess.run(
+        [sys.executable, "-c", _THREADS], check=True, capture_output=True, text=True
+    )
+    # An arena per thread would keep each thread's 12 MiB: 96 MiB.
+    assert float(out.stdout) < TRIM_THRESHOLD / 2**20 + 8
