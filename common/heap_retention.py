@@ -5,7 +5,7 @@ With glibc's default (dynamic) thresholds, once a few of them are freed the heap
 exceeds the trim threshold (twice the largest block recently served by mmap, about 2 MiB)
 and is returned to the kernel, so the next messages fault their pages in afresh, 4 kB and a
 zero-fill at a time: at 10M parameters, 17,000 page faults per round in each node daemon and
-14,000-28,000 in the researcher; with these settings, 20-140 and about 1,000
+14,000-28,000 in the researcher; with these settings, 6-16 and about 1,100
 (bench/round_overhead.py, 3 nodes).
 
 What stays is bounded: one malloc arena for every thread, which keeps at most TRIM_THRESHOLD
