@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 
+from common.libc import libc_function
+
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "retain_freed_heap"]
 
 #: Blocks below this come from the heap (and are reused there): a gRPC message and its
@@ -41,12 +43,9 @@ def retain_freed_heap() -> bool:
     keep it. Returns False, changing nothing, where the C library has no glibc `mallopt`
     (musl, macOS).
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except AttributeError:
+    mallopt = libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success, 0 on error.
     return all(
         mallopt(param, value)

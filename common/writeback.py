@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable
 from typing import IO
+
+from common.libc import libc_function
 
 __all__ = ["WRITEBACK_SLICE", "fsync_file", "write_durably"]
 
@@ -27,18 +28,10 @@ WRITEBACK_SLICE = 2 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except AttributeError:  # not Linux (or a libc without it)
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    start: Callable[[int, int, int, int], int] = function
-    return start
-
-
-_START_WRITEBACK = _sync_file_range()
+# None where the C library has no such call (not Linux).
+_START_WRITEBACK = libc_function(
+    "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+)
 
 
 def write_durably(fh: IO[bytes], data: memoryview) -> None:

@@ -17,9 +17,10 @@ spare leave the memory as it was.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from pathlib import Path
+
+from common.libc import libc_function
 
 __all__ = ["HUGE_PAGE_BYTES", "collapse_private_memory", "private_regions"]
 
@@ -53,10 +54,9 @@ def private_regions(maps_text: str) -> list[tuple[int, int]]:
 def collapse_private_memory() -> int:
     """Collapse this process's private anonymous memory into huge pages; returns the bytes
     of the regions the kernel collapsed."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    madvise = libc.madvise
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise.restype = ctypes.c_int
+    madvise = libc_function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
+    if madvise is None:
+        return 0
     collapsed = 0
     for start, end in private_regions(Path("/proc/self/maps").read_text()):
         # Fails (EINVAL, EAGAIN, ENOMEM) for a region with pinned or special pages, on

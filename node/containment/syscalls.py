@@ -6,11 +6,12 @@ import ctypes
 import os
 import signal
 
+from common.libc import LIBC
 from node.containment.errors import ContainmentError
 
 __all__ = ["become_subreaper", "libc", "set_no_new_privs", "set_parent_death_signal"]
 
-libc = ctypes.CDLL(None, use_errno=True)
+libc = LIBC
 libc.syscall.restype = ctypes.c_long
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 libc.prctl.restype = ctypes.c_int
